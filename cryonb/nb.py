@@ -1,0 +1,137 @@
+"""What every notebook does first and last: seed, pick the device, save figures and tables.
+
+Notebooks call :func:`start` in their first code cell after the parameters
+cell, and save every figure and table through the returned :class:`Run`, so
+results land in ``results/<profile>/`` with the same names on every machine.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import platform
+import random
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+from cryonb.io import atomic_path, write_text_atomic
+from cryonb.paths import resolve
+
+__all__ = ["Run", "start", "seed_everything", "pick_device", "environment"]
+
+
+def seed_everything(seed: int) -> torch.Generator:
+    """Seed Python, NumPy and torch (CPU and CUDA); return a torch generator seeded the same way.
+
+    Library code takes generators explicitly; this only guards against third-party global randomness.
+    """
+    random.seed(seed)
+    np.random.seed(seed % (2**32))
+    torch.manual_seed(seed)
+    return torch.Generator().manual_seed(seed)
+
+
+def pick_device(device: str = "auto") -> torch.device:
+    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
+    if device == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(device)
+
+
+def environment() -> dict[str, Any]:
+    """Versions of the packages a result depends on, recorded next to each run."""
+    import importlib.metadata as md
+
+    packages = ["torch", "numpy", "scipy", "statsmodels", "pandas", "mrcfile", "gemmi", "captum", "cryonb"]
+    versions = {}
+    for name in packages:
+        try:
+            versions[name] = md.version(name)
+        except md.PackageNotFoundError:
+            versions[name] = None
+    return {
+        "python": platform.python_version(),
+        "platform": platform.platform(),
+        "cpu_count": os.cpu_count(),
+        "torch_threads": torch.get_num_threads(),
+        "cuda": torch.version.cuda if torch.cuda.is_available() else None,
+        "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
+        "packages": versions,
+    }
+
+
+@dataclass
+class Run:
+    """Paths and helpers of one notebook execution."""
+
+    name: str
+    profile: str
+    seed: int
+    results_dir: Path
+    work_dir: Path
+    device: torch.device
+    generator: torch.Generator = field(repr=False)
+
+    @property
+    def figures_dir(self) -> Path:
+        return self.results_dir / "figures"
+
+    @property
+    def tables_dir(self) -> Path:
+        return self.results_dir / "tables"
+
+    def save_figure(self, fig: Any, name: str, formats: tuple[str, ...] = ("png",), dpi: int = 110) -> Path:
+        """Save a matplotlib figure as ``figures/<notebook>_<name>.<fmt>`` (atomic)."""
+        self.figures_dir.mkdir(parents=True, exist_ok=True)
+        first = None
+        for fmt in formats:
+            target = self.figures_dir / f"{self.name}_{name}.{fmt}"
+            with atomic_path(target) as tmp:
+                fig.savefig(tmp, format=fmt, dpi=dpi, bbox_inches="tight", metadata={"Software": None} if fmt == "png" else None)
+            first = first or target
+        assert first is not None
+        return first
+
+    def save_table(self, df: Any, name: str, formats: tuple[str, ...] = ("csv",), index: bool = False) -> Path:
+        """Save a pandas DataFrame as ``tables/<name>.<fmt>`` for fmt in csv / md / tex (atomic)."""
+        self.tables_dir.mkdir(parents=True, exist_ok=True)
+        first = None
+        for fmt in formats:
+            target = self.tables_dir / f"{name}.{fmt}"
+            if fmt == "csv":
+                text = df.to_csv(index=index, float_format="%.6g")
+            elif fmt == "md":
+                text = df.to_markdown(index=index)
+            elif fmt == "tex":
+                text = df.to_latex(index=index)
+            else:
+                raise ValueError(f"unknown table format {fmt!r}; expected csv, md or tex")
+            write_text_atomic(target, text)
+            first = first or target
+        assert first is not None
+        return first
+
+    def save_json(self, obj: Any, name: str) -> Path:
+        return write_text_atomic(self.tables_dir / f"{name}.json", json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def start(name: str, profile: str, seed: int, results_dir: str, work_dir: str, device: str = "auto") -> Run:
+    """Seed everything, pick the device, create the output folders and print what a reader needs to know."""
+    generator = seed_everything(seed)
+    run = Run(
+        name=name,
+        profile=profile,
+        seed=seed,
+        results_dir=resolve(results_dir),
+        work_dir=resolve(work_dir),
+        device=pick_device(device),
+        generator=generator,
+    )
+    run.results_dir.mkdir(parents=True, exist_ok=True)
+    run.work_dir.mkdir(parents=True, exist_ok=True)
+    print(f"notebook {name} | profile {profile} | seed {seed} | device {run.device} | torch {torch.__version__}")
+    return run
