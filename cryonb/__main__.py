@@ -1,0 +1,5 @@
+import sys
+
+from cryonb.cli import main
+
+sys.exit(main())

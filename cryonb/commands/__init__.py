@@ -1,0 +1,1 @@
+"""Subcommands of ``python -m cryonb``; one module each (see :mod:`cryonb.cli`)."""

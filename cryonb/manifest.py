@@ -1,0 +1,164 @@
+"""The data manifest: every input and output data set, with its recipe, seed and checksum.
+
+Public surface: :func:`load_manifest`, :func:`verify`, :func:`fetch`, :class:`DataEntry`.
+
+``data_manifest.yaml`` lists entries of three kinds:
+
+- ``bundled``: files shipped in git (the PDB structures); path + sha256.
+- ``generated``: made by a recipe (``function`` + ``params``) and a seed; path, and the sha256 of the
+  data set's payload once recorded. Absent files are fine: the notebooks regenerate them.
+- ``external``: public data a user may download; url + path + sha256.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import os
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+from cryonb.errors import CryoNBError
+from cryonb.paths import repo_root, resolve
+
+__all__ = ["DataEntry", "VerifyResult", "load_manifest", "verify", "fetch", "sha256_path", "default_manifest_path"]
+
+KINDS = ("bundled", "generated", "external")
+
+
+@dataclass(frozen=True)
+class DataEntry:
+    name: str
+    kind: str
+    path: str
+    sha256: str | None = None
+    url: str | None = None
+    recipe: dict[str, Any] | None = None
+    seed: int | None = None
+    description: str = ""
+    extra: dict[str, Any] = field(default_factory=dict)
+
+    def resolved_path(self, root: Path | None = None) -> Path:
+        return (root / self.path) if root is not None else resolve(self.path)
+
+
+@dataclass(frozen=True)
+class VerifyResult:
+    name: str
+    status: str  # "ok" | "mismatch" | "missing" | "unrecorded"
+    path: Path
+    expected: str | None
+    actual: str | None
+
+    def line(self) -> str:
+        if self.status == "mismatch":
+            return f"MISMATCH  {self.name}: {self.path} has sha256 {self.actual}, manifest expects {self.expected}"
+        return f"{self.status.upper():9s} {self.name}: {self.path}"
+
+
+def default_manifest_path() -> Path:
+    return repo_root() / "data_manifest.yaml"
+
+
+def _entry(raw: Any, index: int, source: Path) -> DataEntry:
+    where = f"{source}: datasets[{index}]"
+    if not isinstance(raw, dict):
+        raise CryoNBError(f"{where}: expected a mapping with name, kind, path; got {type(raw).__name__}")
+    for key in ("name", "kind", "path"):
+        if not isinstance(raw.get(key), str) or not raw[key]:
+            raise CryoNBError(f"{where}: field {key!r} is missing or not a string")
+    kind = raw["kind"]
+    if kind not in KINDS:
+        raise CryoNBError(f"{where} ({raw['name']}): kind {kind!r} is not one of {', '.join(KINDS)}")
+    sha = raw.get("sha256")
+    if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
+        raise CryoNBError(f"{where} ({raw['name']}): sha256 must be 64 lowercase hex digits, got {sha!r}")
+    if kind in ("bundled", "external") and sha is None:
+        raise CryoNBError(f"{where} ({raw['name']}): a {kind} data set needs a sha256")
+    if kind == "external" and not raw.get("url"):
+        raise CryoNBError(f"{where} ({raw['name']}): an external data set needs a url")
+    if kind == "generated":
+        recipe = raw.get("recipe")
+        if not isinstance(recipe, dict) or "function" not in recipe:
+            raise CryoNBError(f"{where} ({raw['name']}): a generated data set needs recipe.function and recipe.params")
+        if not isinstance(raw.get("seed"), int):
+            raise CryoNBError(f"{where} ({raw['name']}): a generated data set needs an integer seed")
+    known = {"name", "kind", "path", "sha256", "url", "recipe", "seed", "description"}
+    return DataEntry(
+        name=raw["name"],
+        kind=kind,
+        path=raw["path"],
+        sha256=sha,
+        url=raw.get("url"),
+        recipe=raw.get("recipe"),
+        seed=raw.get("seed"),
+        description=str(raw.get("description", "")),
+        extra={k: v for k, v in raw.items() if k not in known},
+    )
+
+
+def load_manifest(path: str | os.PathLike[str] | None = None) -> list[DataEntry]:
+    """Parse and validate the manifest; raise :class:`CryoNBError` naming the file and the bad field."""
+    source = Path(path) if path is not None else default_manifest_path()
+    if not source.is_file():
+        raise CryoNBError(f"{source}: no such manifest file")
+    try:
+        doc = yaml.safe_load(source.read_text(encoding="utf-8"))
+    except yaml.YAMLError as exc:
+        raise CryoNBError(f"{source}: not valid YAML ({exc})") from exc
+    if not isinstance(doc, dict) or not isinstance(doc.get("datasets"), list):
+        raise CryoNBError(f"{source}: expected a top-level mapping with a 'datasets' list")
+    entries = [_entry(raw, i, source) for i, raw in enumerate(doc["datasets"])]
+    seen: set[str] = set()
+    for e in entries:
+        if e.name in seen:
+            raise CryoNBError(f"{source}: data set name {e.name!r} appears twice")
+        seen.add(e.name)
+    return entries
+
+
+def sha256_path(path: Path) -> str:
+    """sha256 of a file, or of a folder's files (sorted relative names and contents) for a data-set folder."""
+    digest = hashlib.sha256()
+    if path.is_dir():
+        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".tmp")):
+            digest.update(f.relative_to(path).as_posix().encode())
+            digest.update(bytes.fromhex(sha256_path(f)))
+        return digest.hexdigest()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(1 << 20), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def verify(entries: list[DataEntry], root: Path | None = None) -> list[VerifyResult]:
+    """Check every present file against its checksum. Missing generated sets are reported, not errors."""
+    results = []
+    for e in entries:
+        p = e.resolved_path(root)
+        if not p.exists():
+            results.append(VerifyResult(e.name, "missing", p, e.sha256, None))
+            continue
+        actual = sha256_path(p)
+        if e.sha256 is None:
+            status = "unrecorded"
+        else:
+            status = "ok" if actual == e.sha256 else "mismatch"
+        results.append(VerifyResult(e.name, status, p, e.sha256, actual))
+    return results
+
+
+def fetch(entries: list[DataEntry], name: str, root: Path | None = None) -> Path:
+    """Download an external data set, verify it and move it into place; a bad download never replaces a good copy."""
+    from cryonb.fetch import download_verified
+
+    by_name = {e.name: e for e in entries}
+    if name not in by_name:
+        raise CryoNBError(f"unknown data set {name!r}; the manifest names {', '.join(sorted(by_name))}")
+    entry = by_name[name]
+    if entry.kind != "external":
+        raise CryoNBError(f"data set {name!r} is {entry.kind}, not external: nothing to fetch")
+    assert entry.url is not None and entry.sha256 is not None
+    return download_verified(entry.url, entry.resolved_path(root), entry.sha256)

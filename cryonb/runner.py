@@ -1,0 +1,176 @@
+"""Execute the notebooks with papermill: jupytext ``.py`` → ``.ipynb`` → executed notebook in ``results/<profile>/``.
+
+Public surface: :func:`list_notebooks`, :func:`select_notebooks`, :func:`load_params`, :func:`run_notebook`,
+:func:`run_all`. The runner adds ``profile``, ``results_dir`` and ``work_dir`` to each notebook's parameters.
+"""
+
+from __future__ import annotations
+
+import json
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import jupytext
+import nbformat
+import papermill
+import yaml
+
+from cryonb.errors import CryoNBError
+from cryonb.io import atomic_path, write_text_atomic
+from cryonb.paths import repo_root
+
+__all__ = [
+    "NotebookResult",
+    "list_notebooks",
+    "list_profiles",
+    "select_notebooks",
+    "load_params",
+    "run_notebook",
+    "run_all",
+    "RUNNER_PARAMETERS",
+]
+
+#: Parameters the runner injects into every notebook (each notebook must declare them).
+RUNNER_PARAMETERS = ("profile", "results_dir", "work_dir")
+
+
+@dataclass(frozen=True)
+class NotebookResult:
+    name: str
+    wall_s: float
+    output: Path
+
+
+def notebooks_dir() -> Path:
+    return repo_root() / "notebooks"
+
+
+def params_dir() -> Path:
+    return repo_root() / "params"
+
+
+def list_notebooks(folder: Path | None = None) -> list[Path]:
+    """Numbered jupytext notebooks (``NN_name.py``) in execution order."""
+    base = folder or notebooks_dir()
+    return sorted(p for p in base.glob("[0-9][0-9]_*.py"))
+
+
+def list_profiles() -> list[str]:
+    return sorted(p.stem for p in params_dir().glob("*.yaml"))
+
+
+def select_notebooks(only: list[str] | None, notebooks: list[Path] | None = None) -> list[Path]:
+    """Pick notebooks by number (``03``) or stem (``03_cssl_pretraining``); unknown names raise."""
+    available = notebooks if notebooks is not None else list_notebooks()
+    if not only:
+        return available
+    chosen = []
+    for key in only:
+        match = [p for p in available if p.stem == key or p.stem.split("_", 1)[0] == key.zfill(2)]
+        if not match:
+            names = ", ".join(p.stem for p in available)
+            raise CryoNBError(f"unknown notebook {key!r}; available: {names}")
+        chosen.extend(m for m in match if m not in chosen)
+    return chosen
+
+
+def load_params(profile: str) -> dict[str, dict[str, Any]]:
+    """The per-notebook parameter sections of ``params/<profile>.yaml``."""
+    path = params_dir() / f"{profile}.yaml"
+    if not path.is_file():
+        raise CryoNBError(f"unknown profile {profile!r}: no {path}; profiles are {', '.join(list_profiles())}")
+    try:
+        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as exc:
+        raise CryoNBError(f"{path}: not valid YAML ({exc})") from exc
+    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
+        raise CryoNBError(f"{path}: expected one mapping of parameters per notebook stem")
+    return doc
+
+
+def to_ipynb(source: Path) -> nbformat.NotebookNode:
+    """Read a jupytext percent notebook; the kernelspec comes from its header."""
+    nb = jupytext.read(source)
+    nb.metadata.setdefault("kernelspec", {"name": "python3", "display_name": "Python 3 (ipykernel)", "language": "python"})
+    return nb
+
+
+def _failing_cell(exc: papermill.PapermillExecutionError) -> str:
+    return f"cell {exc.exec_count} (index {exc.cell_index}) raised {exc.ename}: {exc.evalue}"
+
+
+def run_notebook(source: Path, profile: str, params: dict[str, Any], results_dir: Path, work_dir: Path) -> NotebookResult:
+    """Execute one notebook; the executed copy lands atomically in ``results_dir/<stem>.ipynb``."""
+    results_dir.mkdir(parents=True, exist_ok=True)
+    root = repo_root()
+    parameters = {
+        **params,
+        "profile": profile,
+        "results_dir": _relative(results_dir, root),
+        "work_dir": _relative(work_dir, root),
+    }
+    target = results_dir / f"{source.stem}.ipynb"
+    start = time.perf_counter()
+    with atomic_path(target) as executed:
+        staged = executed.with_name(f".tmp-in-{source.stem}.ipynb")
+        nbformat.write(to_ipynb(source), staged)
+        try:
+            papermill.execute_notebook(
+                str(staged),
+                str(executed),
+                parameters=parameters,
+                cwd=str(root),
+                kernel_name="python3",
+                progress_bar=False,
+                log_output=False,
+            )
+        except papermill.PapermillExecutionError as exc:
+            failed = results_dir / f"{source.stem}.failed.ipynb"
+            executed.replace(failed)
+            raise CryoNBError(f"notebook {source.name} failed in {_failing_cell(exc)}; executed copy: {failed}") from exc
+        finally:
+            staged.unlink(missing_ok=True)
+    (results_dir / f"{source.stem}.failed.ipynb").unlink(missing_ok=True)
+    return NotebookResult(source.stem, time.perf_counter() - start, target)
+
+
+def _relative(path: Path, root: Path) -> str:
+    try:
+        return str(path.resolve().relative_to(root))
+    except ValueError:
+        return str(path.resolve())
+
+
+def run_all(profile: str, only: list[str] | None = None, results_dir: Path | None = None, work_dir: Path | None = None) -> list[NotebookResult]:
+    """Run the chosen notebooks in order, printing progress and a per-notebook time summary."""
+    params = load_params(profile)
+    chosen = select_notebooks(only)
+    root = repo_root()
+    out = results_dir or root / "results" / profile
+    work = work_dir or root / "runs" / profile
+    results = []
+    total_start = time.perf_counter()
+    for i, nb in enumerate(chosen, 1):
+        print(f"[{i}/{len(chosen)}] {nb.stem} (profile {profile}) ...", flush=True)
+        result = run_notebook(nb, profile, params.get(nb.stem, {}), out, work)
+        print(f"[{i}/{len(chosen)}] {nb.stem} done in {result.wall_s:.1f} s", flush=True)
+        results.append(result)
+    total = time.perf_counter() - total_start
+    print("\nwall time per notebook:")
+    for r in results:
+        print(f"  {r.name:32s} {r.wall_s:8.1f} s")
+    print(f"  {'total':32s} {total:8.1f} s")
+    _record_timings(out, profile, results)
+    return results
+
+
+def _record_timings(out: Path, profile: str, results: list[NotebookResult]) -> None:
+    from cryonb.nb import environment
+
+    path = out / "timings.json"
+    previous = json.loads(path.read_text()) if path.is_file() else {}
+    previous.update({r.name: round(r.wall_s, 1) for r in results})
+    write_text_atomic(path, json.dumps(previous, indent=2, sort_keys=True))
+    write_text_atomic(out / "environment.json", json.dumps({"profile": profile, **environment()}, indent=2, sort_keys=True))

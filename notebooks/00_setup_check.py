@@ -1,0 +1,113 @@
+# ---
+# jupyter:
+#   jupytext:
+#     text_representation:
+#       extension: .py
+#       format_name: percent
+#       format_version: '1.3'
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+
+# %% [markdown]
+# # 00 · Setup check
+#
+# **What you will do:** confirm that the environment works end to end before the long notebooks:
+# package versions, whether a GPU is visible, the checksums of every bundled structure, and a first
+# look at one macromolecule.
+#
+# **What you will learn:** where cryonb keeps its data (`data_manifest.yaml`), what a *biological
+# assembly* is and why we build it from `REMARK 350` before simulating anything.
+#
+# **What you need:** nothing but `make reproduce` (or `make lab`). Run time: a few seconds in every profile.
+
+# %% tags=["parameters"]
+profile = "quick"
+results_dir = "results/quick"
+work_dir = "runs/quick"
+seed = 0
+structure_id = "1bxn"
+voxel_size_a = 10.0
+box = 32
+
+# %%
+import matplotlib.pyplot as plt
+import pandas as pd
+import torch
+
+import cryonb
+from cryonb import manifest, structures
+from cryonb.nb import environment, start
+
+run = start("00_setup_check", profile, seed, results_dir, work_dir)
+
+# %% [markdown]
+# ## The environment
+# Versions matter for reproducibility: they are recorded next to every run (`results/<profile>/environment.json`).
+
+# %%
+env = environment()
+pd.DataFrame(sorted(env["packages"].items()), columns=["package", "version"])
+
+# %%
+print(f"python {env['python']} on {env['platform']}, {env['cpu_count']} CPU cores")
+print("CUDA available:", torch.cuda.is_available(), "| device used:", run.device)
+
+# %% [markdown]
+# ## The data manifest
+# Every data set the project reads or writes is listed in `data_manifest.yaml` with a checksum.
+# Bundled structures must match exactly; generated sets appear once a notebook has made them.
+
+# %%
+entries = manifest.load_manifest()
+checks = manifest.verify(entries)
+table = pd.DataFrame([{"name": c.name, "status": c.status} for c in checks])
+run.save_table(table, "00_manifest_check")
+table.status.value_counts()
+
+# %%
+bundled = [c for c in checks if c.name.startswith("structure-")]
+assert len(bundled) == 15 and all(c.status == "ok" for c in bundled), "a bundled structure is missing or altered"
+
+# %% [markdown]
+# ## The 15 structures
+# Several PDB files hold only the crystal's asymmetric unit; the molecule that exists in a cell is the
+# *biological assembly* (e.g. RuBisCO is L8S8). gemmi applies the `REMARK 350` operators for us.
+
+# %%
+info = pd.DataFrame([structures.describe(pid).__dict__ for pid in structures.ALL_CLASSES])
+run.save_table(info, "00_structures", formats=("csv", "md"))
+info
+
+# %%
+assert (info.n_atoms > 1000).all() and (info.max_radius_a < box * voxel_size_a / 2).all()
+
+# %% [markdown]
+# ## A first picture
+# A coarse histogram of atom positions on a 32³ grid at 10 Å per voxel: not yet a density map
+# (notebook 01 computes the electrostatic potential), but enough to see the molecule's shape.
+
+# %%
+grid = structures.atom_count_grid(structure_id, voxel_size_a=voxel_size_a, size=box)
+fig, axes = plt.subplots(1, 3, figsize=(9, 3))
+for ax, axis, name in zip(axes, range(3), ["z (xy plane)", "y (xz plane)", "x (yz plane)"]):
+    ax.imshow(grid.sum(axis=axis), cmap="gray_r")
+    ax.set_title(f"{structure_id}: sum along {name}", fontsize=9)
+    ax.axis("off")
+run.save_figure(fig, f"{structure_id}_projections")
+plt.show()
+
+# %%
+assert grid.sum() == info.set_index("pdb_id").loc[structure_id, "n_atoms"], "atoms fell outside the box"
+print(f"cryonb {cryonb.__version__}: setup OK")
+
+# %% [markdown]
+# ## Try it yourself
+# 1. Set `structure_id = "3gl1"` (a 40 kDa monomer): predict how many voxels its projection covers compared with RuBisCO.
+# 2. Set `voxel_size_a = 5.0`: the molecule now spans twice as many voxels; does it still fit in `box = 32`?
+#
+# ## Further reading
+# - wwPDB, *Biological assemblies* (REMARK 350): https://pdb101.rcsb.org/learn/guide-to-understanding-pdb-data/biological-assemblies
+# - gemmi documentation, *Assemblies*: https://gemmi.readthedocs.io/
