@@ -152,8 +152,6 @@ def verify(entries: list[DataEntry], root: Path | None = None) -> list[VerifyRes
 
 def fetch(entries: list[DataEntry], name: str, root: Path | None = None) -> Path:
     """Download an external data set, verify it and move it into place; a bad download never replaces a good copy."""
-    from cryonb.fetch import download_verified
-
     by_name = {e.name: e for e in entries}
     if name not in by_name:
         raise CryoNBError(f"unknown data set {name!r}; the manifest names {', '.join(sorted(by_name))}")
@@ -161,4 +159,6 @@ def fetch(entries: list[DataEntry], name: str, root: Path | None = None) -> Path
     if entry.kind != "external":
         raise CryoNBError(f"data set {name!r} is {entry.kind}, not external: nothing to fetch")
     assert entry.url is not None and entry.sha256 is not None
+    from cryonb.fetch import download_verified  # lazy: only fetching needs the network code
+
     return download_verified(entry.url, entry.resolved_path(root), entry.sha256)

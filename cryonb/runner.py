@@ -7,6 +7,8 @@ Public surface: :func:`list_notebooks`, :func:`select_notebooks`, :func:`load_pa
 from __future__ import annotations
 
 import json
+import os
+import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -112,6 +114,7 @@ def run_notebook(source: Path, profile: str, params: dict[str, Any], results_dir
         "work_dir": _relative(work_dir, root),
     }
     target = results_dir / f"{source.stem}.ipynb"
+    _prefer_this_python_kernel()
     start = time.perf_counter()
     with atomic_path(target) as executed:
         staged = executed.with_name(f".tmp-in-{source.stem}.ipynb")
@@ -134,6 +137,14 @@ def run_notebook(source: Path, profile: str, params: dict[str, Any], results_dir
             staged.unlink(missing_ok=True)
     (results_dir / f"{source.stem}.failed.ipynb").unlink(missing_ok=True)
     return NotebookResult(source.stem, time.perf_counter() - start, target)
+
+
+def _prefer_this_python_kernel() -> None:
+    # JUPYTER_PATH outranks a user's own ~/.local kernelspecs, so "python3" is this environment's python.
+    venv_share = str(Path(sys.prefix) / "share" / "jupyter")
+    paths = os.environ.get("JUPYTER_PATH", "").split(os.pathsep)
+    if venv_share not in paths:
+        os.environ["JUPYTER_PATH"] = os.pathsep.join([venv_share, *filter(None, paths)])
 
 
 def _relative(path: Path, root: Path) -> str:

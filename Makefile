@@ -1,0 +1,60 @@
+# cryonb: two commands do everything on a fresh machine.
+#   make reproduce   # creates .venv if missing, runs every notebook (PROFILE=quick|paper|smoke)
+#   make test        # creates .venv if missing, runs the test suite
+# On a CUDA machine choose the torch build, e.g.
+#   make reproduce PROFILE=paper TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
+
+PYTHON      ?= python3
+VENV        ?= .venv
+PROFILE     ?= quick
+# torch goes in first and pinned: an unpinned torch pulled in by another package is a multi-GB CUDA build.
+TORCH_SPEC  ?= torch==2.13.0
+TORCH_INDEX ?=
+ONLY        ?=
+PYTEST_ARGS ?=
+
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.cryonb-installed
+
+.PHONY: venv reproduce test test-fast lab bench report clean help
+
+help:
+	@echo "make reproduce [PROFILE=quick|paper|smoke] [ONLY='03 04']   run the notebooks -> results/<profile>/"
+	@echo "make test                                                   unit tests + smoke run of every notebook"
+	@echo "make lab                                                    JupyterLab on notebooks/ (.py files open as notebooks)"
+	@echo "make bench                                                  benchmarks/*.py"
+	@echo "make clean                                                  remove generated data, runs and smoke results"
+
+venv: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	$(PY) -m pip install --quiet --upgrade pip
+	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
+	$(PY) -m pip install --quiet -e '.[dev]'
+	# a kernelspec inside the venv, so papermill and JupyterLab run this venv's python
+	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
+	@touch $(STAMP)
+
+reproduce: $(STAMP)
+	$(PY) -m cryonb run --profile $(PROFILE) $(if $(ONLY),--only $(ONLY),)
+	$(PY) -m cryonb report --profile $(PROFILE)
+
+report: $(STAMP)
+	$(PY) -m cryonb report --profile $(PROFILE)
+
+test: $(STAMP)
+	$(PY) -m pytest $(PYTEST_ARGS)
+
+test-fast: $(STAMP)
+	$(PY) -m pytest -m "not notebooks" $(PYTEST_ARGS)
+
+lab: $(STAMP)
+	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
+
+bench: $(STAMP)
+	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
+
+clean:
+	rm -rf results/smoke runs data/generated data/cache

@@ -1,0 +1,52 @@
+"""The notebook runner: clear errors for unknown notebooks and profiles, and a failing cell is named."""
+
+from pathlib import Path
+
+import pytest
+
+from cryonb import CryoNBError
+from cryonb.cli import main as cli_main
+from cryonb.runner import load_params, run_notebook, select_notebooks
+
+HEADER = """# ---
+# jupyter:
+#   kernelspec:
+#     display_name: Python 3 (ipykernel)
+#     language: python
+#     name: python3
+# ---
+"""
+
+
+def test_unknown_notebook_lists_available() -> None:
+    with pytest.raises(CryoNBError, match=r"unknown notebook '99'; available: 00_setup_check"):
+        select_notebooks(["99"])
+
+
+def test_select_by_number_and_stem() -> None:
+    assert [p.stem for p in select_notebooks(["0"])] == ["00_setup_check"]
+    assert [p.stem for p in select_notebooks(["00_setup_check"])] == ["00_setup_check"]
+
+
+def test_unknown_profile() -> None:
+    with pytest.raises(CryoNBError, match=r"unknown profile 'gpu'.*profiles are paper, quick, smoke"):
+        load_params("gpu")
+
+
+def test_cli_exit_code_for_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:
+    assert cli_main(["run", "--profile", "gpu"]) == 2
+    assert "unknown profile 'gpu'" in capsys.readouterr().err
+
+
+@pytest.mark.notebooks
+def test_failing_cell_is_named_and_parameters_injected(tmp_path: Path) -> None:
+    nb = tmp_path / "42_broken.py"
+    nb.write_text(
+        HEADER
+        + '\n# %% tags=["parameters"]\nprofile = "x"\nresults_dir = "r"\nwork_dir = "w"\nvalue = 1\n'
+        + "\n# %%\nassert value == 7, f'value is {value}'\n"
+    )
+    with pytest.raises(CryoNBError, match=r"42_broken\.py failed in cell 3 \(index 2\) .*AssertionError: value is 3"):
+        run_notebook(nb, "smoke", {"value": 3}, tmp_path / "out", tmp_path / "work")
+    assert (tmp_path / "out" / "42_broken.failed.ipynb").is_file()
+    assert not (tmp_path / "out" / "42_broken.ipynb").exists()
