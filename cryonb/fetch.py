@@ -1,0 +1,188 @@
+"""Verified downloads: resume when possible, never replace a good file with a bad one.
+
+Public surface: :func:`download_verified`, :func:`sha256_file`.
+
+A download goes to ``<dest>.part``. When a ``.part`` file is already there (an earlier
+run was interrupted) the remaining bytes are requested with an HTTP ``Range`` header;
+a server that ignores it (answers ``200`` instead of ``206``) gets a clean restart.
+Only a file whose sha256 matches is renamed onto ``dest`` (``os.replace``, atomic on
+one file system), so an existing good copy survives any failed or corrupt download.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import http.client
+import os
+import re
+import socket
+import sys
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+from tqdm import tqdm
+
+from cryonb.errors import CryoNBError
+
+__all__ = ["download_verified", "sha256_file"]
+
+_CHUNK_BYTES = 1 << 20
+_CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
+
+
+class _Interrupted(Exception):
+    """The body stopped before its announced end; the bytes so far are kept in the .part file."""
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes, read in 1 MiB chunks (constant memory)."""
+    digest = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
+            digest.update(chunk)
+    return digest.hexdigest()
+
+
+def _part_path(dest: Path) -> Path:
+    return dest.with_suffix(dest.suffix + ".part")
+
+
+def _open(url: str, offset: int, timeout_s: float) -> http.client.HTTPResponse:
+    """Open ``url``, asking for bytes from ``offset`` on when ``offset > 0``."""
+    headers = {"User-Agent": "cryonb-fetch"}
+    if offset > 0:
+        headers["Range"] = f"bytes={offset}-"
+    try:
+        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+    except urllib.error.HTTPError as exc:
+        if exc.code == 416 and offset > 0:
+            raise  # the caller decides: the .part file may already be complete, or stale
+        raise CryoNBError(f"{url}: server answered HTTP {exc.code} ({exc.reason}); expected the file") from exc
+    except (urllib.error.URLError, OSError) as exc:
+        raise CryoNBError(f"{url}: cannot connect ({exc}); check the address and your network") from exc
+
+
+def _resumes_at(response: http.client.HTTPResponse, offset: int) -> bool:
+    """True when the server honoured our Range request from exactly ``offset``."""
+    if offset == 0 or getattr(response, "status", None) != 206:
+        return False
+    match = _CONTENT_RANGE.match(response.headers.get("Content-Range", ""))
+    return bool(match) and int(match.group(1)) == offset
+
+
+def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
+    """Bring ``part`` to the full body of ``url``, resuming from its current size when the server allows.
+
+    Raises
+    ------
+    _Interrupted
+        The connection closed or timed out mid-body; ``part`` keeps the bytes received.
+    """
+    offset = part.stat().st_size if part.exists() else 0
+    try:
+        response = _open(url, offset, timeout_s)
+    except urllib.error.HTTPError:
+        # 416: our .part is at least as long as the file. Keep it if complete, else the caller restarts.
+        return
+    with response:
+        resume = _resumes_at(response, offset)
+        if not resume:
+            offset = 0  # server sent the whole body: start over rather than append to it
+        length = response.headers.get("Content-Length")
+        total = offset + int(length) if length is not None and length.isdigit() else None
+        received = offset
+        with open(part, "ab" if resume else "wb") as fh, tqdm(
+            total=total,
+            initial=offset,
+            unit="B",
+            unit_scale=True,
+            desc=Path(part.name).stem,
+            disable=not progress,
+            file=sys.stderr,
+        ) as bar:
+            while True:
+                try:
+                    chunk = response.read(_CHUNK_BYTES)
+                except (http.client.IncompleteRead, socket.timeout, ConnectionError) as exc:
+                    if isinstance(exc, http.client.IncompleteRead) and exc.partial:
+                        fh.write(exc.partial)
+                        received += len(exc.partial)
+                    raise _Interrupted(f"after {received} bytes ({type(exc).__name__})") from exc
+                if not chunk:
+                    break
+                fh.write(chunk)
+                received += len(chunk)
+                bar.update(len(chunk))
+    if total is not None and received < total:
+        raise _Interrupted(f"after {received} of {total} bytes")
+
+
+def download_verified(
+    url: str,
+    dest: str | os.PathLike[str],
+    sha256: str,
+    *,
+    progress: bool = True,
+    attempts: int = 3,
+    timeout_s: float = 60.0,
+) -> Path:
+    """Download ``url`` to ``dest`` and return ``dest`` once its sha256 matches.
+
+    Parameters
+    ----------
+    url : str
+        ``http(s)://`` (or ``file://``) address of one file.
+    dest : path
+        Final location. If it already holds a file with the right checksum nothing is downloaded.
+    sha256 : str
+        Expected hex digest (case-insensitive).
+    progress : bool
+        Show a tqdm byte counter on stderr.
+    attempts : int
+        Connections to try; each after the first resumes from the ``.part`` file.
+    timeout_s : float
+        Socket timeout per connect/read, in seconds.
+
+    Raises
+    ------
+    CryoNBError
+        Unreachable URL or HTTP error, download still incomplete after ``attempts``
+        (the ``.part`` file is kept so the next call resumes), or a checksum mismatch
+        (message names the URL, expected and actual digests; ``dest`` is untouched).
+    """
+    dest = Path(dest)
+    expected = sha256.strip().lower()
+    if not re.fullmatch(r"[0-9a-f]{64}", expected):
+        raise CryoNBError(f"{url}: expected sha256 must be 64 hex digits, got {sha256!r}")
+    if dest.is_file() and sha256_file(dest) == expected:
+        return dest
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    part = _part_path(dest)
+
+    restarted = False
+    last_error = ""
+    for _ in range(max(1, attempts)):
+        resumed = part.exists() and part.stat().st_size > 0
+        try:
+            _fetch_once(url, part, timeout_s, progress)
+        except _Interrupted as exc:
+            last_error = str(exc)
+            continue
+        actual = sha256_file(part) if part.exists() else hashlib.sha256(b"").hexdigest()
+        if actual == expected:
+            os.replace(part, dest)
+            return dest
+        part.unlink(missing_ok=True)  # a complete but wrong .part cannot be resumed
+        if resumed and not restarted:
+            # The stale bytes may come from an older version of the file: one clean restart.
+            restarted = True
+            continue
+        raise CryoNBError(
+            f"{url}: checksum mismatch: expected sha256 {expected}, got {actual}; "
+            f"{dest} was not replaced"
+        )
+    raise CryoNBError(
+        f"{url}: download incomplete (stopped {last_error}) in {max(1, attempts)} attempt(s); "
+        f"the partial file {part} is kept, run again to resume"
+    )
