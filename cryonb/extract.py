@@ -1,0 +1,489 @@
+"""Subtomograms from a user's tomogram: coordinates in, normalised boxes at the model's voxel size out.
+
+Public surface: :func:`extract_subtomograms` (tomogram file + coordinate file → folder),
+:func:`open_tomogram`, :func:`read_coordinates`, :func:`fourier_rescale`, :class:`ExtractResult`.
+
+How a box is made
+-----------------
+1. The tomogram is opened memory-mapped (``mrcfile.mmap``): only the voxels of the boxes are read.
+2. Around each particle a cube of ``crop = round(box * voxel_size_a / tomo_voxel_size_a)`` tomogram
+   voxels is cut out. A cube that reaches past the volume's edge is padded with the mean of its
+   inside part and flagged ``border`` in the metadata (it is kept, never silently dropped).
+3. The cube is resampled to ``box`` voxels in Fourier space (crop or zero-pad the spectrum), which
+   also applies the sub-voxel shift that puts the exact coordinate at voxel ``box // 2``.
+   Frequencies at or above the smaller grid's Nyquist are dropped, so nothing aliases.
+4. Each box is z-scored (mean 0, standard deviation 1); a flat box (std 0) becomes zeros, flagged ``flat``.
+
+Coordinates are tomogram voxel indices ``(x, y, z)``, 0-based, with voxel ``i`` centred at ``i``
+(``data[z, y, x]``). RELION/Warp STAR files (``rlnCoordinateX/Y/Z``; origin shifts
+``rlnOriginX/Y/ZAngst`` are subtracted) and RELION 5 centred coordinates
+(``rlnCenteredCoordinateX/Y/ZAngst``) are read with :mod:`starfile`; CSV files need ``x, y, z`` columns.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import os
+import warnings
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import scipy.fft
+import starfile
+from tqdm import tqdm
+
+from cryonb.errors import CryoNBError
+from cryonb.io import atomic_path, write_mrc, write_text_atomic
+
+__all__ = [
+    "ExtractResult",
+    "open_tomogram",
+    "read_coordinates",
+    "fourier_rescale",
+    "crop_size",
+    "extract_boxes",
+    "extract_subtomograms",
+]
+
+_AXES = ("z", "y", "x")
+# Bytes of float32 crops handled per FFT batch: large enough to amortise per-call overhead,
+# small enough that peak memory stays far below a tomogram's size.
+_BATCH_BYTES = 32 << 20
+
+
+@dataclass(frozen=True)
+class ExtractResult:
+    """What :func:`extract_subtomograms` wrote.
+
+    volumes: ``volumes.npy``, (N, box, box, box) float32, z-scored, at ``voxel_size_a``.
+    meta: ``meta.csv``, one row per box in the same order.
+    """
+
+    volumes: Path
+    meta: Path
+    n: int
+    n_border: int
+    crop: int
+
+
+@contextlib.contextmanager
+def open_tomogram(
+    path: str | os.PathLike[str], voxel_size_a: float | None = None
+) -> Iterator[tuple[np.ndarray, float]]:
+    """Open an MRC tomogram memory-mapped, read-only.
+
+    Parameters
+    ----------
+    path : path
+        MRC file with a 3-D volume.
+    voxel_size_a : float or None
+        Tomogram voxel size in Å; overrides the header. ``None`` takes the header's.
+
+    Yields
+    ------
+    data : np.memmap, (z, y, x)
+        The file's voxels in their stored dtype; valid only inside the ``with`` block.
+    voxel_size_a : float
+        Voxel size in Å (> 0).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CryoNBError(f"{p}: no such tomogram file")
+    if voxel_size_a is not None and not voxel_size_a > 0:
+        raise CryoNBError(f"{p}: tomogram voxel size given as {voxel_size_a} Å; expected > 0")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("error")  # mrcfile only warns about a bad header in permissive mode
+            mrc = mrcfile.mmap(p, mode="r")
+    except (ValueError, OSError, RuntimeWarning, EOFError) as exc:
+        raise CryoNBError(f"{p}: corrupt or truncated MRC file ({exc})") from exc
+    with mrc:
+        data = mrc.data
+        if data is None or data.ndim != 3:
+            shape = None if data is None else data.shape
+            raise CryoNBError(f"{p}: expected a 3-D tomogram (z, y, x), got shape {shape}")
+        if np.issubdtype(data.dtype, np.complexfloating):
+            raise CryoNBError(f"{p}: expected real voxels, got dtype {data.dtype}")
+        header_a = float(mrc.voxel_size.x)
+        size_a = float(voxel_size_a) if voxel_size_a is not None else header_a
+        if not size_a > 0:
+            raise CryoNBError(
+                f"{p}: header voxel size is {header_a} Å (missing); pass the tomogram's voxel size "
+                "with --tomo-voxel-size-a"
+            )
+        yield data, size_a
+
+
+def _read_table(path: Path) -> pd.DataFrame:
+    """The particle table of a STAR or CSV file."""
+    suffix = path.suffix.lower()
+    if suffix == ".star":
+        try:
+            doc = starfile.read(path, always_dict=True)
+        except Exception as exc:  # starfile raises assorted parser errors
+            raise CryoNBError(f"{path}: not a readable STAR file ({exc})") from exc
+        blocks = [df for df in doc.values() if isinstance(df, pd.DataFrame)]
+        for df in blocks:
+            if {"rlnCoordinateX", "rlnCenteredCoordinateXAngst"} & set(df.columns):
+                return df
+        found = sorted({c for df in blocks for c in df.columns})
+        raise CryoNBError(
+            f"{path}: no coordinate columns; expected rlnCoordinateX/Y/Z or "
+            f"rlnCenteredCoordinateX/Y/ZAngst, found {found or 'no table'}"
+        )
+    if suffix in (".csv", ".tsv", ".txt"):
+        try:
+            return pd.read_csv(path, sep=None, engine="python")
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
+            raise CryoNBError(f"{path}: not a readable CSV file ({exc})") from exc
+    raise CryoNBError(f"{path}: unknown coordinate file type {suffix!r}; expected .star or .csv")
+
+
+def _numeric(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
+    values = pd.to_numeric(df[column], errors="coerce").to_numpy(dtype=np.float64)
+    bad = np.flatnonzero(~np.isfinite(values))
+    if bad.size:
+        raise CryoNBError(f"{path}: column {column} row {int(bad[0])} is {df[column].iloc[bad[0]]!r}; expected a number")
+    return values
+
+
+def read_coordinates(
+    path: str | os.PathLike[str],
+    *,
+    shape_zyx: tuple[int, int, int] | None = None,
+    voxel_size_a: float | None = None,
+    tomo_name: str | None = None,
+) -> pd.DataFrame:
+    """Particle centres in tomogram voxels from a RELION/Warp STAR file or a CSV.
+
+    Parameters
+    ----------
+    path : path
+        ``.star`` (``rlnCoordinateX/Y/Z`` in voxels, or RELION 5 ``rlnCenteredCoordinateX/Y/ZAngst``)
+        or ``.csv`` with ``x, y, z`` columns (voxels, any case).
+    shape_zyx : tuple of int, optional
+        Tomogram shape; needed for centred coordinates and to check every particle is inside.
+    voxel_size_a : float, optional
+        Tomogram voxel size in Å; needed for Å coordinates and origin shifts.
+    tomo_name : str, optional
+        Keep only rows whose ``rlnTomoName``/``rlnMicrographName`` equals this (needed when the STAR
+        file lists several tomograms).
+
+    Returns
+    -------
+    pandas.DataFrame
+        Columns ``x, y, z`` (float, voxels) plus ``row`` (index in the file).
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CryoNBError(f"{p}: no such coordinate file")
+    df = _read_table(p).reset_index(drop=True)
+    df.insert(0, "row", np.arange(len(df)))
+    name_col = next((c for c in ("rlnTomoName", "rlnMicrographName") if c in df.columns), None)
+    if tomo_name is not None:
+        if name_col is None:
+            raise CryoNBError(f"{p}: --tomo-name {tomo_name!r} given but the file has no rlnTomoName column")
+        df = df[df[name_col].astype(str) == tomo_name]
+    elif name_col is not None and df[name_col].nunique() > 1:
+        names = sorted(df[name_col].astype(str).unique())
+        raise CryoNBError(
+            f"{p}: lists particles of {len(names)} tomograms ({', '.join(names[:5])}...); "
+            "choose one with --tomo-name"
+        )
+    if df.empty:
+        raise CryoNBError(f"{p}: no particles" + (f" for tomogram {tomo_name!r}" if tomo_name else ""))
+
+    xyz = np.empty((len(df), 3))
+    if "rlnCoordinateX" in df.columns:
+        cols = [f"rlnCoordinate{a}" for a in "XYZ"]
+    elif "rlnCenteredCoordinateXAngst" in df.columns:
+        cols = [f"rlnCenteredCoordinate{a}Angst" for a in "XYZ"]
+    else:
+        lower = {c.lower().strip(): c for c in df.columns}
+        if not {"x", "y", "z"} <= set(lower):
+            raise CryoNBError(f"{p}: expected columns x, y, z (tomogram voxels), found {list(df.columns[1:])}")
+        cols = [lower[a] for a in "xyz"]
+    missing = [c for c in cols if c not in df.columns]
+    if missing:
+        raise CryoNBError(f"{p}: coordinate column(s) {missing} missing; found {list(df.columns[1:])}")
+    for i, c in enumerate(cols):
+        xyz[:, i] = _numeric(df, c, p)
+
+    if cols[0].endswith("Angst"):
+        if shape_zyx is None or voxel_size_a is None:
+            raise CryoNBError(f"{p}: centred Å coordinates need the tomogram's shape and voxel size")
+        # RELION 5: Å from the tomogram centre; the centre voxel of n is n / 2 (0-based, as RELION).
+        xyz = xyz / voxel_size_a + np.array(shape_zyx[::-1], dtype=np.float64) / 2
+    origin = [f"rlnOrigin{a}Angst" for a in "XYZ"]
+    if all(c in df.columns for c in origin):
+        if voxel_size_a is None:
+            raise CryoNBError(f"{p}: rlnOrigin*Angst shifts need the tomogram voxel size")
+        xyz -= np.stack([_numeric(df, c, p) for c in origin], axis=1) / voxel_size_a
+    out = pd.DataFrame({"row": df["row"].to_numpy(), "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]})
+    if shape_zyx is not None:
+        _check_inside(out, shape_zyx, p)
+    return out
+
+
+def _check_inside(coords: pd.DataFrame, shape_zyx: tuple[int, int, int], source: Path) -> None:
+    """Raise naming the first particle whose centre lies outside the volume."""
+    size_xyz = np.array(shape_zyx[::-1], dtype=np.float64)
+    xyz = coords[["x", "y", "z"]].to_numpy()
+    outside = np.flatnonzero(((xyz < -0.5) | (xyz > size_xyz - 0.5)).any(axis=1))
+    if outside.size:
+        i = int(outside[0])
+        x, y, z = xyz[i]
+        nz, ny, nx = shape_zyx
+        raise CryoNBError(
+            f"{source}: particle at file row {int(coords['row'].iloc[i])} (x={x:g}, y={y:g}, z={z:g}) is "
+            f"outside the tomogram (x 0..{nx - 1}, y 0..{ny - 1}, z 0..{nz - 1} voxels); "
+            f"{outside.size} particle(s) outside in all"
+        )
+
+
+def crop_size(box: int, voxel_size_a: float, tomo_voxel_size_a: float) -> int:
+    """Tomogram voxels spanning ``box`` model voxels: ``round(box * voxel_size_a / tomo_voxel_size_a)``."""
+    crop = int(round(box * voxel_size_a / tomo_voxel_size_a))
+    if crop < 2:
+        raise CryoNBError(
+            f"box {box} at {voxel_size_a} Å spans {crop} tomogram voxel(s) of {tomo_voxel_size_a} Å; "
+            "expected at least 2 (is the voxel size in Å?)"
+        )
+    return crop
+
+
+def _kept(n_in: int, n_out: int) -> np.ndarray:
+    """Signed frequencies kept when resampling n_in → n_out: |k| <= (min - 1) // 2 (drops Nyquist)."""
+    kmax = (min(n_in, n_out) - 1) // 2
+    return np.concatenate([np.arange(0, kmax + 1), np.arange(-kmax, 0)])
+
+
+def _resample_axis(
+    spec: np.ndarray, axis: int, n_in: int, n_out: int, shift: np.ndarray, half: bool
+) -> np.ndarray:
+    """Move one spectrum axis from n_in to n_out samples and shift by ``shift`` input voxels.
+
+    spec: (B, ...) complex; ``half`` means the axis holds rfft bins 0..n_in//2.
+    shift: (B,) input voxels; output sample j then holds the input at j * n_in / n_out + shift.
+    """
+    k = _kept(n_in, n_out)
+    if half:
+        k = k[k >= 0]
+    out_shape = list(spec.shape)
+    out_shape[axis] = n_out // 2 + 1 if half else n_out
+    out = np.zeros(out_shape, dtype=spec.dtype)
+    src = np.take(spec, np.where(k < 0, n_in + k, k), axis=axis)
+    ramp_shape = [1] * spec.ndim
+    ramp_shape[0], ramp_shape[axis] = spec.shape[0], k.size
+    ramp = np.exp((2j * np.pi / n_in) * np.outer(shift, k)).astype(spec.dtype).reshape(ramp_shape)
+    index = [slice(None)] * spec.ndim
+    index[axis] = np.where(k < 0, n_out + k, k)
+    out[tuple(index)] = src * ramp
+    return out
+
+
+def fourier_rescale(crops: np.ndarray, box: int, shifts_zyx: np.ndarray | None = None) -> np.ndarray:
+    """Resample cubes to ``box`` voxels by cropping/zero-padding their spectra.
+
+    Parameters
+    ----------
+    crops : np.ndarray, (B, c, c, c) float32
+        Cubes on the tomogram grid.
+    box : int
+        Output edge in voxels. Voxel size scales by ``c / box``.
+    shifts_zyx : np.ndarray, (B, 3), optional
+        Sub-voxel shifts in input voxels: output voxel ``j`` holds the input at
+        ``j * c / box + shift`` (periodic), per axis.
+
+    Returns
+    -------
+    np.ndarray, (B, box, box, box) float32
+        Same mean intensity as the input; band-limited to the smaller grid's Nyquist.
+    """
+    n, c = crops.shape[0], crops.shape[1]
+    if crops.shape[1:] != (c, c, c):
+        raise CryoNBError(f"fourier_rescale: expected (B, c, c, c) cubes, got {crops.shape}")
+    shifts = np.zeros((n, 3)) if shifts_zyx is None else np.asarray(shifts_zyx, dtype=np.float64)
+    workers = os.cpu_count() or 1
+    # Separable: x first (real FFT), then y, then z, each on an already smaller array.
+    spec = scipy.fft.rfft(crops, axis=3, workers=workers)
+    spec = _resample_axis(spec, 3, c, box, shifts[:, 2], half=True)
+    spec = scipy.fft.fft(spec, axis=2, workers=workers, overwrite_x=True)
+    spec = _resample_axis(spec, 2, c, box, shifts[:, 1], half=False)
+    spec = scipy.fft.fft(spec, axis=1, workers=workers, overwrite_x=True)
+    spec = _resample_axis(spec, 1, c, box, shifts[:, 0], half=False)
+    out = scipy.fft.irfftn(spec, s=(box, box, box), axes=(1, 2, 3), workers=workers, overwrite_x=True)
+    out *= (box / c) ** 3  # forward sum over c³ voxels, inverse mean over box³
+    return out.astype(np.float32, copy=False)
+
+
+def _read_crops(
+    data: np.ndarray, starts_zyx: np.ndarray, crop: int
+) -> tuple[np.ndarray, np.ndarray]:
+    """Cubes of ``crop`` voxels starting at ``starts_zyx`` (B, 3); outside parts get the inside mean.
+
+    Returns the (B, crop, crop, crop) float32 cubes and the inside fraction of each (B,).
+    """
+    shape = np.array(data.shape)
+    out = np.empty((len(starts_zyx), crop, crop, crop), dtype=np.float32)
+    inside = np.ones(len(starts_zyx))
+    for i, s in enumerate(starts_zyx):
+        lo, hi = np.maximum(s, 0), np.minimum(s + crop, shape)
+        part = data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
+        if (lo == s).all() and (hi == s + crop).all():
+            out[i] = part
+            continue
+        out[i] = part.mean(dtype=np.float64) if part.size else 0.0
+        a, b = lo - s, hi - s
+        out[i, a[0] : b[0], a[1] : b[1], a[2] : b[2]] = part
+        inside[i] = part.size / crop**3
+    return out, inside
+
+
+def _zscore(volumes: np.ndarray) -> np.ndarray:
+    """Per-box z-score in place; returns the (B,) bool mask of flat boxes (set to 0)."""
+    flat_axes = tuple(range(1, volumes.ndim))
+    mean = volumes.mean(axis=flat_axes, dtype=np.float64, keepdims=True)
+    std = volumes.std(axis=flat_axes, dtype=np.float64, keepdims=True)
+    flat = (std <= 1e-12 * np.maximum(np.abs(mean), 1.0)).reshape(-1)
+    volumes -= mean.astype(np.float32)
+    volumes /= np.where(std > 0, std, 1.0).astype(np.float32)
+    volumes[flat] = 0.0
+    return flat
+
+
+def extract_boxes(
+    data: np.ndarray,
+    coords: pd.DataFrame,
+    box: int,
+    crop: int,
+    *,
+    out: np.ndarray | None = None,
+    source: str = "tomogram",
+    progress: bool = False,
+) -> tuple[np.ndarray, pd.DataFrame]:
+    """Extract, Fourier-rescale and z-score one box per particle.
+
+    Parameters
+    ----------
+    data : np.ndarray or np.memmap, (z, y, x)
+        Tomogram voxels (any real dtype).
+    coords : pandas.DataFrame
+        ``x, y, z`` particle centres in tomogram voxels (see :func:`read_coordinates`).
+    box, crop : int
+        Output edge (model voxels) and input edge (tomogram voxels), see :func:`crop_size`.
+    out : np.ndarray, (N, box, box, box) float32, optional
+        Where to write (e.g. a memory-mapped ``.npy``); allocated when ``None``.
+    source : str
+        Name used in error messages.
+
+    Returns
+    -------
+    volumes : np.ndarray, (N, box, box, box) float32
+    meta : pandas.DataFrame
+        Per box: ``row, x, y, z`` (input), ``start_z/y/x`` (crop origin, may be < 0),
+        ``border`` (crop reached past the volume and was padded), ``inside_fraction``, ``flat``.
+    """
+    n = len(coords)
+    volumes = np.empty((n, box, box, box), dtype=np.float32) if out is None else out
+    if volumes.shape != (n, box, box, box):
+        raise CryoNBError(f"extract_boxes: output has shape {volumes.shape}, expected {(n, box, box, box)}")
+    xyz = coords[["x", "y", "z"]].to_numpy(dtype=np.float64)
+    zyx = xyz[:, ::-1]
+    centres = np.rint(zyx).astype(np.int64)
+    starts = centres - crop // 2
+    # Particle position inside its crop, minus where output voxel box//2 falls with no shift.
+    shifts = (zyx - starts) - (box // 2) * crop / box
+    inside = np.ones(n)
+    flat = np.zeros(n, dtype=bool)
+    batch = max(1, _BATCH_BYTES // (4 * crop**3))
+    for b0 in tqdm(range(0, n, batch), desc="extract", unit="batch", disable=not progress):
+        b1 = min(n, b0 + batch)
+        crops, inside[b0:b1] = _read_crops(data, starts[b0:b1], crop)
+        finite = np.isfinite(crops).reshape(b1 - b0, -1).all(axis=1)
+        if not finite.all():
+            i = b0 + int(np.flatnonzero(~finite)[0])
+            bad = int(np.count_nonzero(~np.isfinite(crops[i - b0])))
+            x, y, z = xyz[i]
+            raise CryoNBError(
+                f"{source}: {bad} NaN or infinite voxel(s) in the box around particle {i} "
+                f"(x={x:g}, y={y:g}, z={z:g}); expected finite values"
+            )
+        boxes = fourier_rescale(crops, box, shifts[b0:b1])
+        flat[b0:b1] = _zscore(boxes)
+        volumes[b0:b1] = boxes
+    meta = pd.DataFrame(
+        {
+            "row": coords["row"].to_numpy() if "row" in coords else np.arange(n),
+            "x": xyz[:, 0],
+            "y": xyz[:, 1],
+            "z": xyz[:, 2],
+            "start_z": starts[:, 0],
+            "start_y": starts[:, 1],
+            "start_x": starts[:, 2],
+            "border": inside < 1.0,
+            "inside_fraction": np.round(inside, 6),
+            "flat": flat,
+        }
+    )
+    return volumes, meta
+
+
+def extract_subtomograms(
+    tomogram: str | os.PathLike[str],
+    coordinates: str | os.PathLike[str],
+    out_dir: str | os.PathLike[str],
+    *,
+    box: int = 32,
+    voxel_size_a: float = 10.0,
+    tomo_voxel_size_a: float | None = None,
+    tomo_name: str | None = None,
+    write_mrcs: bool = False,
+    progress: bool = True,
+) -> ExtractResult:
+    """Extract every particle of ``coordinates`` from ``tomogram`` into ``out_dir``.
+
+    Writes ``volumes.npy`` ((N, box, box, box) float32, z-scored, ``voxel_size_a`` Å voxels),
+    ``meta.csv`` (one row per box, see :func:`extract_boxes`, plus tomogram, voxel sizes and box)
+    and with ``write_mrcs`` ``mrc/subtomo_NNNNNN.mrc``. Every file is written atomically; ``meta.csv``
+    is written last, so its presence marks a finished extraction.
+
+    Raises
+    ------
+    CryoNBError
+        Missing/corrupt tomogram, voxel size 0 or missing, unreadable coordinates or no coordinate
+        columns, a particle outside the volume, NaN/inf in a box, a bad box or voxel size.
+    """
+    if not (isinstance(box, (int, np.integer)) and box >= 4):
+        raise CryoNBError(f"box must be an integer >= 4 voxels, got {box!r}")
+    if not voxel_size_a > 0:
+        raise CryoNBError(f"model voxel size (--voxel-size-a) is {voxel_size_a} Å; expected > 0")
+    tomo_path, out = Path(tomogram), Path(out_dir)
+    with open_tomogram(tomo_path, tomo_voxel_size_a) as (data, tomo_a):
+        coords = read_coordinates(coordinates, shape_zyx=tuple(data.shape), voxel_size_a=tomo_a, tomo_name=tomo_name)
+        crop = crop_size(box, voxel_size_a, tomo_a)
+        out.mkdir(parents=True, exist_ok=True)
+        volumes_path = out / "volumes.npy"
+        with atomic_path(volumes_path) as tmp:
+            # Written through a memory-mapped .npy so N boxes never sit in memory at once.
+            volumes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(coords), box, box, box))
+            _, meta = extract_boxes(data, coords, box, crop, out=volumes, source=str(tomo_path), progress=progress)
+            if write_mrcs:
+                for i in range(len(volumes)):
+                    write_mrc(out / "mrc" / f"subtomo_{i:06d}.mrc", volumes[i], voxel_size_a)
+            volumes.flush()
+            del volumes
+    meta.insert(0, "index", np.arange(len(meta)))
+    meta["tomogram"] = str(tomo_path)
+    meta["tomo_voxel_size_a"] = tomo_a
+    meta["voxel_size_a"] = float(voxel_size_a)
+    meta["box"] = box
+    meta["crop"] = crop
+    if write_mrcs:
+        meta["mrc"] = [f"mrc/subtomo_{i:06d}.mrc" for i in range(len(meta))]
+    meta_path = write_text_atomic(out / "meta.csv", meta.to_csv(index=False))
+    return ExtractResult(volumes_path, meta_path, len(meta), int(meta["border"].sum()), crop)

@@ -1,0 +1,198 @@
+"""Subtomogram extraction: positions, Fourier rescaling, border flags, inputs and their errors."""
+
+from __future__ import annotations
+
+import warnings
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import starfile
+
+from cryonb.cli import main as cli_main
+from cryonb.errors import CryoNBError
+from cryonb.extract import (
+    crop_size,
+    extract_subtomograms,
+    fourier_rescale,
+    open_tomogram,
+    read_coordinates,
+)
+
+SHAPE = (40, 72, 96)  # z, y, x tomogram voxels
+TOMO_A = 5.0
+SIGMA = 3.0  # blob sigma in tomogram voxels
+# Far enough apart that no 32-voxel crop holds two blobs.
+BLOBS_XYZ = np.array([[20.3, 18.6, 19.8], [50.0, 52.2, 21.4], [76.7, 20.1, 18.5]])
+
+
+def _gauss(shape: tuple[int, int, int], centre_zyx: np.ndarray, sigma: float) -> np.ndarray:
+    z, y, x = np.meshgrid(*[np.arange(n, dtype=np.float64) for n in shape], indexing="ij")
+    c = centre_zyx
+    return np.exp(-((z - c[0]) ** 2 + (y - c[1]) ** 2 + (x - c[2]) ** 2) / (2 * sigma**2))
+
+
+def _tomogram(path: Path, voxel_size_a: float = TOMO_A, nan: bool = False) -> Path:
+    data = np.zeros(SHAPE)
+    for xyz in BLOBS_XYZ:
+        data += _gauss(SHAPE, xyz[::-1], SIGMA)
+    data = data.astype(np.float32)
+    if nan:
+        data[21, 25, 20] = np.nan  # inside the box of particle 0 only
+    with mrcfile.new(path, overwrite=True) as mrc, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # mrcfile warns about the NaN we put there on purpose
+        mrc.set_data(data)
+        mrc.voxel_size = voxel_size_a
+    return path
+
+
+def _csv(path: Path, xyz: np.ndarray) -> Path:
+    pd.DataFrame(xyz, columns=["x", "y", "z"]).to_csv(path, index=False)
+    return path
+
+
+def _zscored(v: np.ndarray) -> np.ndarray:
+    return (v - v.mean()) / v.std()
+
+
+def test_fourier_rescale_halves_a_gaussian_and_applies_subvoxel_shift() -> None:
+    big = _gauss((32, 32, 32), np.array([16.4, 15.7, 16.2]), 4.0)[None].astype(np.float32)
+    out = fourier_rescale(big, 16, np.array([[0.4, -0.3, 0.2]]))
+    expected = _gauss((16, 16, 16), np.array([8.0, 8.0, 8.0]), 2.0)
+    assert out.shape == (1, 16, 16, 16) and out.dtype == np.float32
+    assert np.abs(out[0] - expected).max() < 1e-3  # a sign or half-voxel error gives > 0.05
+    up = fourier_rescale(expected[None].astype(np.float32), 24)
+    assert np.abs(up[0] - _gauss((24, 24, 24), np.array([12.0, 12.0, 12.0]), 3.0)).max() < 1e-4
+
+
+def test_extracted_blobs_are_centred_at_model_voxel_size(tmp_path: Path) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc")
+    coords = _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    res = extract_subtomograms(tomo, coords, tmp_path / "out", box=16, voxel_size_a=10.0, progress=False)
+    vols = np.load(res.volumes)
+    meta = pd.read_csv(res.meta)
+    assert res.crop == 32 and vols.shape == (3, 16, 16, 16) and vols.dtype == np.float32
+    # A blob of sigma 3 tomogram voxels (5 Å) is sigma 1.5 model voxels (10 Å), centred at voxel 8.
+    ideal = _gauss((16, 16, 16), np.array([8.0, 8.0, 8.0]), SIGMA / 2)
+    for i in range(3):
+        corr = float(np.mean(_zscored(vols[i]) * _zscored(ideal)))
+        assert corr > 0.99, (i, corr)
+        assert abs(float(vols[i].mean())) < 1e-5 and abs(float(vols[i].std()) - 1) < 1e-4
+        assert np.unravel_index(np.argmax(vols[i]), vols[i].shape) == (8, 8, 8)
+    assert list(meta["border"]) == [False, False, False]
+    assert meta.loc[0, "start_x"] == 20 - 16 and meta.loc[0, "start_z"] == 20 - 16
+    assert set(meta["voxel_size_a"]) == {10.0} and set(meta["tomo_voxel_size_a"]) == {TOMO_A}
+
+
+def test_border_boxes_are_padded_and_flagged_not_dropped(tmp_path: Path) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc")
+    xyz = np.array([[36.0, 32.0, 20.0], [2.0, 32.0, 20.0], [95.0, 71.0, 0.0]])
+    res = extract_subtomograms(tomo, _csv(tmp_path / "c.csv", xyz), tmp_path / "o", box=16, progress=False)
+    meta = pd.read_csv(res.meta)
+    vols = np.load(res.volumes)
+    assert res.n == 3 and res.n_border == 2 and vols.shape[0] == 3
+    assert list(meta["border"]) == [False, True, True]
+    # Crop 32 from x = 2 - 16 = -14: 18 of 32 x-columns inside. Corner: x 79..95 and y 55..71 keep 17, z 0..15 keeps 16.
+    assert meta.loc[1, "inside_fraction"] == pytest.approx(18 / 32)
+    assert meta.loc[2, "inside_fraction"] == pytest.approx(17 * 17 * 16 / 32**3, abs=1e-6)
+    assert np.isfinite(vols).all()
+
+
+def test_star_and_csv_give_the_same_boxes(tmp_path: Path) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc")
+    star = tmp_path / "p.star"
+    df = pd.DataFrame({f"rlnCoordinate{a}": BLOBS_XYZ[:, i] for i, a in enumerate("XYZ")})
+    df["rlnTomoName"] = "t"
+    starfile.write({"particles": df}, star)
+    a = extract_subtomograms(tomo, star, tmp_path / "a", box=16, progress=False)
+    b = extract_subtomograms(tomo, _csv(tmp_path / "c.csv", BLOBS_XYZ), tmp_path / "b", box=16, progress=False)
+    np.testing.assert_array_equal(np.load(a.volumes), np.load(b.volumes))
+
+
+def test_relion5_centred_angstrom_coordinates_with_origin(tmp_path: Path) -> None:
+    star = tmp_path / "p.star"
+    # Å from the centre voxel n/2, plus an origin shift of +10 Å (2 voxels) that is subtracted.
+    nz, ny, nx = SHAPE
+    df = pd.DataFrame(
+        {
+            "rlnCenteredCoordinateXAngst": [(20.3 - nx / 2) * TOMO_A + 10.0],
+            "rlnCenteredCoordinateYAngst": [(30.6 - ny / 2) * TOMO_A],
+            "rlnCenteredCoordinateZAngst": [(19.8 - nz / 2) * TOMO_A],
+            "rlnOriginXAngst": [10.0],
+            "rlnOriginYAngst": [0.0],
+            "rlnOriginZAngst": [0.0],
+        }
+    )
+    starfile.write(df, star)
+    got = read_coordinates(star, shape_zyx=SHAPE, voxel_size_a=TOMO_A)
+    np.testing.assert_allclose(got[["x", "y", "z"]].to_numpy()[0], [20.3, 30.6, 19.8], atol=1e-9)
+
+
+def test_tomogram_is_memory_mapped_and_header_voxel_size_used(tmp_path: Path) -> None:
+    with open_tomogram(_tomogram(tmp_path / "t.mrc", voxel_size_a=6.8)) as (data, size_a):
+        assert isinstance(data, np.memmap) and data.shape == SHAPE
+        assert size_a == pytest.approx(6.8, rel=1e-6)
+    assert crop_size(32, 10.0, 6.8) == 47
+
+
+def test_tomogram_with_nan_is_rejected(tmp_path: Path) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc", nan=True)
+    with pytest.raises(CryoNBError, match=r"t\.mrc: 1 NaN or infinite voxel\(s\) in the box around particle 0 \(x=20\.3"):
+        extract_subtomograms(tomo, _csv(tmp_path / "c.csv", BLOBS_XYZ), tmp_path / "o", box=16, progress=False)
+    assert not (tmp_path / "o" / "volumes.npy").exists() and not (tmp_path / "o" / "meta.csv").exists()
+
+
+def test_coordinate_outside_volume_is_rejected(tmp_path: Path) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc")
+    xyz = np.vstack([BLOBS_XYZ, [[100.0, 10.0, 10.0]]])
+    msg = r"c\.csv: particle at file row 3 \(x=100, y=10, z=10\) is outside the tomogram \(x 0\.\.95, y 0\.\.71, z 0\.\.39"
+    with pytest.raises(CryoNBError, match=msg):
+        extract_subtomograms(tomo, _csv(tmp_path / "c.csv", xyz), tmp_path / "o", progress=False)
+
+
+def test_star_without_coordinate_columns_is_rejected(tmp_path: Path) -> None:
+    star = tmp_path / "p.star"
+    starfile.write(pd.DataFrame({"rlnAngleRot": [1.0], "rlnAngleTilt": [2.0]}), star)
+    with pytest.raises(CryoNBError, match=r"p\.star: no coordinate columns; expected rlnCoordinateX/Y/Z.*rlnAngleRot"):
+        read_coordinates(star)
+    csv = tmp_path / "c.csv"
+    pd.DataFrame({"a": [1], "b": [2]}).to_csv(csv, index=False)
+    with pytest.raises(CryoNBError, match=r"c\.csv: expected columns x, y, z"):
+        read_coordinates(csv)
+
+
+def test_voxel_size_zero_or_missing_is_rejected(tmp_path: Path) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc", voxel_size_a=0.0)
+    coords = _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    with pytest.raises(CryoNBError, match=r"t\.mrc: header voxel size is 0\.0 Å \(missing\); pass .*--tomo-voxel-size-a"):
+        extract_subtomograms(tomo, coords, tmp_path / "o", progress=False)
+    with pytest.raises(CryoNBError, match=r"tomogram voxel size given as 0\.0 Å; expected > 0"):
+        extract_subtomograms(tomo, coords, tmp_path / "o", tomo_voxel_size_a=0.0, progress=False)
+    with pytest.raises(CryoNBError, match=r"--voxel-size-a\) is 0\.0 Å; expected > 0"):
+        extract_subtomograms(tomo, coords, tmp_path / "o", voxel_size_a=0.0, tomo_voxel_size_a=5.0, progress=False)
+    # Given explicitly, a header without a voxel size is fine.
+    res = extract_subtomograms(tomo, coords, tmp_path / "o", box=16, tomo_voxel_size_a=5.0, progress=False)
+    assert res.crop == 32
+
+
+def test_cli_writes_mrcs_and_failed_run_keeps_previous_output(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc")
+    coords = _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    out = tmp_path / "sub"
+    rc = cli_main(["extract", str(tomo), str(coords), "--box", "16", "--voxel-size-a", "10", "-o", str(out), "--mrc", "--quiet"])
+    assert rc == 0
+    assert "extracted 3 subtomograms (32³ tomogram voxels → 16³ at 10 Å), 0 at the border" in capsys.readouterr().out
+    with mrcfile.open(out / "mrc" / "subtomo_000002.mrc") as mrc:
+        assert mrc.data.shape == (16, 16, 16) and float(mrc.voxel_size.x) == pytest.approx(10.0)
+        np.testing.assert_array_equal(mrc.data, np.load(out / "volumes.npy")[2])
+    before = (out / "volumes.npy").read_bytes(), (out / "meta.csv").read_bytes()
+    bad = _tomogram(tmp_path / "bad.mrc", nan=True)
+    rc = cli_main(["extract", str(bad), str(coords), "--box", "16", "-o", str(out), "--quiet"])
+    assert rc == 2
+    assert "cryonb extract: error:" in capsys.readouterr().err
+    assert ((out / "volumes.npy").read_bytes(), (out / "meta.csv").read_bytes()) == before
+    assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp")]
