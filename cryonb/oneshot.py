@@ -1,0 +1,322 @@
+"""Train and evaluate COS-Net over episodes; the prototypical / nearest-neighbour baseline.
+
+Training follows the paper: each step draws two 1-shot support sets over the same n seen classes,
+embeds all 2n volumes with the shared branch, and scores every cross pair; the loss is
+``w_bce · BCE(match) + w_dice · Dice(masks of both sets)``, Adam lr 1e-4, betas (0.5, 0.999).
+
+Evaluation embeds each volume of the test pool once (the branches share weights, so an embedding
+does not depend on the episode), then scores any number of episodes from the cached embeddings.
+k-shot supports are merged by averaging their embeddings (the paper's suggested few-shot extension).
+
+:func:`ensure_cosnet` trains a variant on a simulated data set once and reuses the checkpoint, keyed by
+a hash of (variant, data-set recipe, training config); an interrupted run resumes from its last
+partial checkpoint.
+"""
+
+from __future__ import annotations
+
+import copy
+import dataclasses
+import hashlib
+import json
+import math
+import time
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any, Callable
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from tqdm.auto import tqdm
+
+from cryonb.episodes import Episode, episodes_to_arrays, sample_training_pair
+from cryonb.errors import CryoNBError
+from cryonb.io import atomic_path
+from cryonb.models.cosnet import COSNet, COSNetConfig, dice_loss
+
+__all__ = [
+    "TrainEpisodesConfig",
+    "train_cosnet",
+    "ensure_cosnet",
+    "load_cosnet",
+    "embed",
+    "episode_logits",
+    "accuracy_ci",
+    "prototype_predictions",
+    "recipe_key",
+]
+
+
+@dataclass(frozen=True)
+class TrainEpisodesConfig:
+    """Episode training of one COS-Net.
+
+    Attributes
+    ----------
+    steps : optimiser steps (one training episode pair per step).
+    n_way : classes per training support set (the paper trains one model per n-way scheme).
+    lr, betas : Adam settings (paper: 1e-4, (0.5, 0.999)).
+    w_bce, w_dice : loss weights.
+    base_channels, feature_dim, feature_pool, combine : architecture (see :class:`COSNetConfig`).
+    checkpoint_every : steps between resumable partial checkpoints.
+    seed : seeds initialisation and episode sampling.
+    """
+
+    steps: int = 300
+    n_way: int = 2
+    lr: float = 1e-4
+    betas: tuple[float, float] = (0.5, 0.999)
+    w_bce: float = 1.0
+    w_dice: float = 1.0
+    base_channels: int = 8
+    feature_dim: int = 512
+    feature_pool: int = 2
+    combine: str = "add"
+    checkpoint_every: int = 100
+    seed: int = 0
+
+    def __post_init__(self) -> None:
+        if self.steps < 1:
+            raise CryoNBError(f"steps={self.steps}: expected ≥ 1")
+        if self.n_way < 2:
+            raise CryoNBError(f"n_way={self.n_way}: expected ≥ 2")
+        if not self.lr > 0:
+            raise CryoNBError(f"lr={self.lr}: expected > 0")
+
+    @classmethod
+    def from_dict(cls, d: dict[str, Any]) -> "TrainEpisodesConfig":
+        unknown = set(d) - set(cls.__dataclass_fields__)
+        if unknown:
+            raise CryoNBError(f"unknown COS-Net training parameter(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        d = dict(d)
+        if "betas" in d:
+            d["betas"] = tuple(d["betas"])
+        return cls(**d)
+
+    def model_config(self, variant: str) -> COSNetConfig:
+        return COSNetConfig.from_variant(variant, base_channels=self.base_channels, feature_dim=self.feature_dim, feature_pool=self.feature_pool, combine=self.combine)
+
+
+def _batch(volumes: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
+    # memmaps are indexed in sorted order for speed, then put back in the order asked
+    order = np.argsort(idx)
+    arr = np.asarray(volumes[idx[order]], dtype=np.float32)[np.argsort(order)]
+    return torch.from_numpy(arr)[:, None].to(device)
+
+
+def _loss(net: COSNet, x: torch.Tensor, m: torch.Tensor | None, n: int, cfg: TrainEpisodesConfig) -> tuple[torch.Tensor, dict[str, float]]:
+    emb, mask = net(x)
+    logits = net.score(emb[:n], emb[n:])  # (n, n): row = set-b example, column = set-a example
+    target = torch.eye(n, device=x.device)
+    # n positives vs n(n−1) negatives: weight positives so that both count equally
+    bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(float(n - 1), device=x.device))
+    total = cfg.w_bce * bce
+    stats = {"bce": float(bce.detach())}
+    if mask is not None and m is not None:
+        d = dice_loss(mask, m)
+        total = total + cfg.w_dice * d
+        stats["dice_loss"] = float(d.detach())
+    return total, stats
+
+
+def train_cosnet(
+    variant: str,
+    volumes: np.ndarray,
+    masks: np.ndarray,
+    labels: np.ndarray,
+    train_pool: np.ndarray,
+    cfg: TrainEpisodesConfig,
+    device: torch.device | str = "cpu",
+    state: dict[str, Any] | None = None,
+    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    progress: bool = True,
+) -> tuple[COSNet, list[dict[str, float]]]:
+    """Train one variant on episodes drawn from ``train_pool`` (seen classes).
+
+    Parameters
+    ----------
+    volumes : (N, D, D, D) float32 subtomograms; masks : (N, D, D, D) uint8 target masks;
+    labels : (N,) class ids; train_pool : indices of the seen-class training rows.
+    state : a partial checkpoint to resume from (model, optimizer, step, rng, log).
+    on_checkpoint : called with a resumable state every ``cfg.checkpoint_every`` steps.
+
+    Returns
+    -------
+    The trained model (eval mode) and the per-step log (loss terms, seconds).
+    """
+    if masks.shape != volumes.shape:
+        raise CryoNBError(f"masks have shape {masks.shape}: expected {volumes.shape} like the volumes")
+    device = torch.device(device)
+    torch.manual_seed(cfg.seed)  # initialisation only; sampling uses rng below
+    net = COSNet(cfg.model_config(variant)).to(device)
+    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
+    rng = np.random.default_rng(cfg.seed)
+    log: list[dict[str, float]] = []
+    start = 0
+    if state is not None:
+        net.load_state_dict(state["model"])
+        opt.load_state_dict(state["optimizer"])
+        rng.bit_generator.state = state["rng"]
+        log, start = list(state["log"]), int(state["step"])
+    net.train()
+    use_masks = net.cfg.decoder
+    for step in tqdm(range(start, cfg.steps), desc=f"train {variant}", disable=not progress, initial=start, total=cfg.steps):
+        t0 = time.perf_counter()
+        _, a, b = sample_training_pair(labels, train_pool, cfg.n_way, rng)
+        idx = np.concatenate([a, b])
+        x = _batch(volumes, idx, device)
+        m = _batch(masks, idx, device) if use_masks else None
+        loss, stats = _loss(net, x, m, cfg.n_way, cfg)
+        opt.zero_grad(set_to_none=True)
+        loss.backward()
+        opt.step()
+        log.append({"step": step + 1, "loss": float(loss.detach()), **stats, "seconds": time.perf_counter() - t0})
+        if on_checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
+            on_checkpoint(copy.deepcopy({"model": net.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "log": list(log), "step": step + 1}))
+    return net.eval(), log
+
+
+def recipe_key(*parts: Any) -> str:
+    """Short content hash of JSON-able parts (dataclasses are converted with ``asdict``)."""
+
+    def norm(x: Any) -> Any:
+        if dataclasses.is_dataclass(x) and not isinstance(x, type):
+            return {"__type__": type(x).__name__, **asdict(x)}
+        if hasattr(x, "to_dict"):
+            return x.to_dict()
+        return x
+
+    text = json.dumps([norm(p) for p in parts], sort_keys=True, default=str)
+    return hashlib.sha256(text.encode()).hexdigest()[:16]
+
+
+def ensure_cosnet(variant: str, recipe: Any, cfg: TrainEpisodesConfig, work_dir: str | Path, device: torch.device | str = "cpu", dataset: Any = None) -> Path:
+    """Path of a trained COS-Net checkpoint for (variant, data-set recipe, cfg), training it if absent.
+
+    Parameters
+    ----------
+    variant : a key of :data:`cryonb.models.cosnet.VARIANTS`.
+    recipe : the simulator recipe (``cryonb.simulate.cosnet_recipe(...)``); ``dataset`` may pass the
+        already-built data set for it.
+    cfg : training settings.
+    work_dir : checkpoints go to ``<work_dir>/cosnet/<variant>-<hash>.pt``.
+
+    NOTE: training uses the rows with split "train" of the seen classes.
+    """
+    key = recipe_key(variant, recipe, cfg)
+    out = Path(work_dir) / "cosnet" / f"{variant}-{key}.pt"
+    if out.exists():
+        return out
+    if dataset is None:
+        from cryonb.simulate import ensure_dataset
+
+        dataset = ensure_dataset(recipe)
+    labels = dataset.meta["class_id"].to_numpy()
+    pool = np.asarray(dataset.indices(split="train", class_split="seen"))
+    partial = out.with_suffix(".partial.pt")
+    state = torch.load(partial, weights_only=False) if partial.exists() else None
+    out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save_partial(s: dict[str, Any]) -> None:
+        with atomic_path(partial) as tmp:
+            torch.save(s, tmp)
+
+    t0 = time.perf_counter()
+    net, log = train_cosnet(variant, dataset.volumes, dataset.masks, labels, pool, cfg, device, state, save_partial)
+    payload = {
+        "variant": variant,
+        "model_config": net.cfg.as_dict(),
+        "train_config": asdict(cfg),
+        "recipe_key": recipe_key(recipe),
+        "seed": cfg.seed,
+        "model": {k: v.cpu() for k, v in net.state_dict().items()},
+        "log": log,
+        "train_seconds": time.perf_counter() - t0 + (sum(r["seconds"] for r in state["log"]) if state else 0.0),
+    }
+    with atomic_path(out) as tmp:
+        torch.save(payload, tmp)
+    partial.unlink(missing_ok=True)
+    return out
+
+
+def load_cosnet(path: str | Path, device: torch.device | str = "cpu") -> tuple[COSNet, dict[str, Any]]:
+    """Model (eval mode) and checkpoint metadata from :func:`ensure_cosnet`."""
+    path = Path(path)
+    if not path.exists():
+        raise CryoNBError(f"COS-Net checkpoint {path} does not exist; expected a file from ensure_cosnet")
+    payload = torch.load(path, map_location=device, weights_only=False)
+    net = COSNet(COSNetConfig(**payload["model_config"])).to(device)
+    net.load_state_dict(payload["model"])
+    return net.eval(), payload
+
+
+@torch.no_grad()
+def embed(net: COSNet, volumes: np.ndarray, indices: np.ndarray, batch_size: int = 16, device: torch.device | str = "cpu") -> tuple[torch.Tensor, torch.Tensor | None]:
+    """Embeddings (M, F) and mask probabilities (M, D, D, D) (None without decoder) of ``volumes[indices]``."""
+    device = torch.device(device)
+    net = net.eval().to(device)
+    embs, masks = [], []
+    for s in range(0, len(indices), batch_size):
+        e, m = net(_batch(volumes, np.asarray(indices[s : s + batch_size]), device))
+        embs.append(e.cpu())
+        if m is not None:
+            masks.append(m[:, 0].cpu())
+    return torch.cat(embs), (torch.cat(masks) if masks else None)
+
+
+def _lookup(indices: np.ndarray) -> Callable[[np.ndarray], np.ndarray]:
+    pos = {int(i): p for p, i in enumerate(indices)}
+
+    def f(a: np.ndarray) -> np.ndarray:
+        try:
+            return np.vectorize(pos.__getitem__, otypes=[np.int64])(a)
+        except KeyError as exc:
+            raise CryoNBError(f"episode uses data-set row {exc} that was not embedded; embed the whole test pool") from None
+
+    return f
+
+
+@torch.no_grad()
+def episode_logits(net: COSNet, emb: torch.Tensor, emb_indices: np.ndarray, episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
+    """Match logits (E, n) of each episode's query against its n support classes, and the labels (E,).
+
+    emb : (M, F) embeddings of data-set rows ``emb_indices``; k-shot supports are averaged per class.
+    """
+    _, support, query, labels = episodes_to_arrays(episodes)
+    at = _lookup(emb_indices)
+    sup = emb[torch.from_numpy(at(support))].mean(2)  # (E, n, F)
+    q = emb[torch.from_numpy(at(query))]  # (E, F)
+    logits = net.match((q[:, None, :] - sup).abs()).squeeze(-1)
+    return logits.numpy(), labels
+
+
+def prototype_predictions(emb: torch.Tensor, emb_indices: np.ndarray, episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
+    """Prototypical-network / nearest-neighbour baseline: predict the support class whose mean
+    embedding is closest (Euclidean) to the query. With k = 1 this is 1-nearest-neighbour.
+
+    emb : (M, F) any fixed embedding (raw voxels, RB3D features, COS-Net features) of rows ``emb_indices``.
+    Returns predictions (E,) and labels (E,).
+    """
+    _, support, query, labels = episodes_to_arrays(episodes)
+    at = _lookup(emb_indices)
+    sup = emb[torch.from_numpy(at(support))].float().mean(2)
+    q = emb[torch.from_numpy(at(query))].float()
+    d = ((sup - q[:, None, :]) ** 2).sum(-1)
+    return d.argmin(1).numpy(), labels
+
+
+def accuracy_ci(correct: np.ndarray, z: float = 1.96) -> dict[str, float]:
+    """Mean accuracy and its Wilson 95 % confidence interval over independent episodes.
+
+    correct : (E,) booleans → {"accuracy", "ci_low", "ci_high", "n_episodes"}.
+    """
+    correct = np.asarray(correct, dtype=float)
+    n = len(correct)
+    if n == 0:
+        raise CryoNBError("accuracy over 0 episodes: expected at least one")
+    p = correct.mean()
+    den = 1 + z**2 / n
+    centre = (p + z**2 / (2 * n)) / den
+    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
+    return {"accuracy": float(p), "ci_low": float(centre - half), "ci_high": float(centre + half), "n_episodes": n}

@@ -1,0 +1,114 @@
+"""COS-Net episode training/evaluation helpers: resume, caching, baseline, confidence intervals."""
+
+from types import SimpleNamespace
+
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cryonb import CryoNBError
+from cryonb.episodes import sample_episodes
+from cryonb.oneshot import TrainEpisodesConfig, accuracy_ci, embed, ensure_cosnet, episode_logits, load_cosnet, prototype_predictions, train_cosnet
+
+
+def _toy(n_classes: int = 4, per_class: int = 3, seed: int = 0) -> SimpleNamespace:
+    """Cubes of a class-dependent size with noise; masks are the cubes."""
+    rng = np.random.default_rng(seed)
+    vols, masks, labels = [], [], []
+    for c in range(n_classes):
+        for _ in range(per_class):
+            m = np.zeros((32, 32, 32), np.uint8)
+            h = 3 + 2 * c
+            m[16 - h : 16 + h, 16 - h : 16 + h, 16 - h : 16 + h] = 1
+            vols.append((m + 0.3 * rng.standard_normal(m.shape)).astype(np.float32))
+            masks.append(m)
+            labels.append(c)
+    meta = pd.DataFrame({"class_id": labels, "split": "train", "class_split": ["seen" if c < n_classes - 1 else "unseen" for c in labels]})
+
+    def indices(split: str | None = None, class_split: str | None = None) -> np.ndarray:
+        ok = np.ones(len(meta), bool)
+        if split is not None:
+            ok &= (meta["split"] == split).to_numpy()
+        if class_split is not None:
+            ok &= (meta["class_split"] == class_split).to_numpy()
+        return np.flatnonzero(ok)
+
+    return SimpleNamespace(volumes=np.stack(vols), masks=np.stack(masks), meta=meta, indices=indices)
+
+
+CFG = TrainEpisodesConfig(steps=3, n_way=2, base_channels=2, feature_dim=16, checkpoint_every=2, seed=3)
+
+
+def test_resumed_training_equals_uninterrupted() -> None:
+    ds = _toy()
+    labels = ds.meta["class_id"].to_numpy()
+    pool = ds.indices(class_split="seen")
+    states: list[dict] = []
+    full, log = train_cosnet("DuSE-SCNN+decoder", ds.volumes, ds.masks, labels, pool, CFG, state=None, on_checkpoint=states.append, progress=False)
+    assert [r["step"] for r in log] == [1, 2, 3] and len(states) == 1 and states[0]["step"] == 2
+    resumed, log2 = train_cosnet("DuSE-SCNN+decoder", ds.volumes, ds.masks, labels, pool, CFG, state=states[0], progress=False)
+    assert [r["step"] for r in log2] == [1, 2, 3]
+    for k, v in full.state_dict().items():
+        assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-6), k
+    assert all(np.isfinite(r["dice_loss"]) and 0 <= r["dice_loss"] <= 1 for r in log)
+
+
+def test_ensure_cosnet_reuses_checkpoint_and_keys_by_config(tmp_path) -> None:
+    ds = _toy()
+    recipe = {"name": "toy", "seed": 0}
+    p1 = ensure_cosnet("SCNN", recipe, CFG, tmp_path, dataset=ds)
+    mtime = p1.stat().st_mtime_ns
+    assert ensure_cosnet("SCNN", recipe, CFG, tmp_path, dataset=ds) == p1 and p1.stat().st_mtime_ns == mtime
+    p2 = ensure_cosnet("SCNN", {"name": "toy", "seed": 1}, CFG, tmp_path, dataset=ds)
+    assert p2 != p1
+    net, meta = load_cosnet(p1)
+    assert meta["seed"] == 3 and meta["variant"] == "SCNN" and len(meta["log"]) == 3
+    assert not list(tmp_path.glob("cosnet/*.partial.pt"))
+    unseen = ds.indices(class_split="unseen")
+    emb, masks = embed(net, ds.volumes, unseen)
+    assert emb.shape == (len(unseen), 16) and masks is None
+
+
+def test_episode_logits_shape_and_missing_rows() -> None:
+    ds = _toy()
+    from cryonb.models.cosnet import COSNet, COSNetConfig
+
+    net = COSNet(COSNetConfig(base_channels=2, feature_dim=8)).eval()
+    labels = ds.meta["class_id"].to_numpy()
+    pool = np.arange(len(labels))
+    eps = sample_episodes(labels, pool, 3, 1, 20, seed=0)
+    emb, _ = embed(net, ds.volumes, pool)
+    logits, lab = episode_logits(net, emb, pool, eps)
+    assert logits.shape == (20, 3) and lab.shape == (20,)
+    with pytest.raises(CryoNBError, match="not embedded"):
+        episode_logits(net, emb[:3], pool[:3], eps)
+
+
+def test_prototype_baseline_separable_and_shuffled() -> None:
+    labels = np.repeat(np.arange(5), 6)
+    rng = np.random.default_rng(0)
+    emb = torch.from_numpy(np.eye(5)[labels] * 10 + rng.standard_normal((30, 5)) * 0.1)
+    pool = np.arange(30)
+    eps = sample_episodes(labels, pool, 4, 2, 200, seed=1)
+    pred, lab = prototype_predictions(emb, pool, eps)
+    assert (pred == lab).mean() == 1.0
+    shuffled = emb[torch.from_numpy(rng.permutation(30))]
+    pred, lab = prototype_predictions(shuffled, pool, eps)
+    assert (pred == lab).mean() < 0.6  # chance is 0.25
+
+
+def test_accuracy_ci_wilson() -> None:
+    r = accuracy_ci(np.array([1] * 50 + [0] * 50))
+    assert r["accuracy"] == 0.5 and r["n_episodes"] == 100
+    assert r["ci_low"] == pytest.approx(0.4038, abs=1e-3) and r["ci_high"] == pytest.approx(0.5962, abs=1e-3)
+    r = accuracy_ci(np.ones(1000))
+    assert r["ci_high"] == pytest.approx(1.0) and r["ci_low"] == pytest.approx(0.99617, abs=1e-4)
+    with pytest.raises(CryoNBError, match="0 episodes"):
+        accuracy_ci(np.array([]))
+
+
+def test_mask_shape_mismatch_is_an_error() -> None:
+    ds = _toy()
+    with pytest.raises(CryoNBError, match="masks have shape"):
+        train_cosnet("SCNN", ds.volumes, ds.masks[:, :16], ds.meta["class_id"].to_numpy(), np.arange(9), CFG, progress=False)
