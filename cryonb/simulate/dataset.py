@@ -1,0 +1,360 @@
+"""Simulated subtomogram data sets: recipes, generation with caching, and loading.
+
+A :class:`DatasetRecipe` fully determines a data set; :func:`ensure_dataset` generates it under
+``data/generated/<name>-<hash>/`` (hash of the recipe) unless it is already there, else loads it.
+Folder contents: ``volumes.npy`` (n, c, c, c) float32 z-scored subtomograms, ``masks.npy``
+(n, c, c, c) uint8 target masks, ``meta.csv`` (one row per subtomogram), ``recipe.json`` (the
+recipe, sizes, sha256 of each file). Generation streams chunks into memory-mapped arrays inside
+``<folder>.partial/`` (resumable after an interruption) and renames the folder when complete.
+
+Seeds: sample ``i`` uses ``SeedSequence(seed, spawn_key=(i,))``, so the data do not depend on the
+number of worker processes or the chunking.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import math
+import multiprocessing as mp
+import os
+import shutil
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+from tqdm.auto import tqdm
+
+from cryonb.errors import CryoNBError
+from cryonb.io import write_text_atomic
+from cryonb.paths import generated_dir, resolve
+from cryonb.simulate.config import SimulationConfig, check_snr
+from cryonb.simulate.density import MoleculeMap, molecule_map
+from cryonb.simulate.imaging import crop_center, fast_filters, simulate_fast, simulate_tiltseries
+from cryonb.simulate.scene import make_scene
+from cryonb.structures import ALL_CLASSES, CSSL_CLASSES
+
+__all__ = [
+    "DatasetRecipe",
+    "SubtomoDataset",
+    "COSNET_UNSEEN_CLASSES",
+    "cssl_recipe",
+    "cosnet_recipe",
+    "ensure_dataset",
+    "generate_dataset",
+    "load_dataset",
+    "simulate_sample",
+    "load_maps",
+]
+
+#: COS-Net unseen (test-only) classes: the five structures outside the CSSL set, so that an encoder
+#: pre-trained on the CSSL classes has never seen them either. The paper used 22 classes (14 seen,
+#: 8 unseen), not all public; we have 15 (10 seen, 5 unseen).
+COSNET_UNSEEN_CLASSES: tuple[str, ...] = ("1w6t", "2bo9", "2gho", "3d2f", "3h84")
+_FORMAT_VERSION = 1
+
+
+@dataclass(frozen=True)
+class DatasetRecipe:
+    """Everything that determines a simulated data set.
+
+    classes: PDB ids; index = class_id. unseen_classes: subset whose samples are all 'test' and
+    marked class_split='unseen'. split_fractions: train/val/test fractions within each seen class.
+    """
+
+    name: str
+    classes: tuple[str, ...]
+    n_per_class: int
+    snr: float
+    seed: int = 0
+    split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
+    unseen_classes: tuple[str, ...] = ()
+    simulation: SimulationConfig = field(default_factory=SimulationConfig)
+
+    def __post_init__(self) -> None:
+        object.__setattr__(self, "classes", tuple(str(c).lower() for c in self.classes))
+        object.__setattr__(self, "unseen_classes", tuple(str(c).lower() for c in self.unseen_classes))
+        object.__setattr__(self, "snr", check_snr(self.snr))
+        if not self.name or any(ch in self.name for ch in "/\\ "):
+            raise CryoNBError(f"recipe name {self.name!r}: expected a non-empty name without slashes or spaces")
+        if not self.classes:
+            raise CryoNBError("recipe classes: expected at least one PDB id")
+        if len(set(self.classes)) != len(self.classes):
+            raise CryoNBError(f"recipe classes {self.classes}: duplicates")
+        if int(self.n_per_class) < 1:
+            raise CryoNBError(f"n_per_class={self.n_per_class}: expected an integer >= 1")
+        missing = [c for c in self.unseen_classes if c not in self.classes]
+        if missing:
+            raise CryoNBError(f"unseen_classes {missing} are not among the recipe classes")
+        fr = self.split_fractions
+        if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
+            raise CryoNBError(f"split_fractions={fr}: expected three fractions >= 0 summing to 1")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d["snr"] = "inf" if math.isinf(self.snr) else self.snr
+        d["classes"] = list(self.classes)
+        d["unseen_classes"] = list(self.unseen_classes)
+        d["split_fractions"] = list(self.split_fractions)
+        return d
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "DatasetRecipe":
+        raw = dict(raw)
+        raw["simulation"] = SimulationConfig.from_dict(raw.get("simulation"))
+        raw["snr"] = float(raw["snr"])
+        raw["classes"] = tuple(raw["classes"])
+        raw["unseen_classes"] = tuple(raw.get("unseen_classes", ()))
+        raw["split_fractions"] = tuple(raw.get("split_fractions", (0.6, 0.2, 0.2)))
+        return cls(**raw)
+
+    def content_hash(self) -> str:
+        """12 hex digits of the sha256 of the recipe (and the storage format version)."""
+        text = json.dumps([self.to_dict(), _FORMAT_VERSION], sort_keys=True)
+        return hashlib.sha256(text.encode()).hexdigest()[:12]
+
+    @property
+    def folder_name(self) -> str:
+        return f"{self.name}-{self.content_hash()}"
+
+    @property
+    def n_total(self) -> int:
+        return len(self.classes) * int(self.n_per_class)
+
+
+def _snr_tag(snr: float) -> str:
+    return "inf" if math.isinf(snr) else f"{snr:g}"
+
+
+def cssl_recipe(snr: float = 0.1, n_per_class: int = 500, seed: int = 0, **simulation: Any) -> DatasetRecipe:
+    """The CSSL paper's 10 classes, stratified 60:20:20 split; ``simulation`` overrides SimulationConfig."""
+    snr = check_snr(snr)
+    return DatasetRecipe(
+        name=f"cssl-snr{_snr_tag(snr)}-n{n_per_class}-s{seed}", classes=CSSL_CLASSES, n_per_class=n_per_class,
+        snr=snr, seed=seed, simulation=SimulationConfig.from_dict(simulation))
+
+
+def cosnet_recipe(snr: float = 1000.0, n_per_class: int = 60, seed: int = 0, **simulation: Any) -> DatasetRecipe:
+    """All 15 classes; the 5 in :data:`COSNET_UNSEEN_CLASSES` are unseen (test only), the 10 others
+    get a 60:20:20 split. ``snr=math.inf`` allowed (no noise)."""
+    snr = check_snr(snr)
+    return DatasetRecipe(
+        name=f"cosnet-snr{_snr_tag(snr)}-n{n_per_class}-s{seed}", classes=ALL_CLASSES, n_per_class=n_per_class,
+        snr=snr, seed=seed, unseen_classes=COSNET_UNSEEN_CLASSES, simulation=SimulationConfig.from_dict(simulation))
+
+
+class SubtomoDataset:
+    """A generated data set on disk: memory-mapped volumes and masks plus a metadata table.
+
+    volumes: (n, c, c, c) float32 memmap, each subtomogram z-scored over its crop.
+    masks: (n, c, c, c) uint8 memmap, target mask from the noise-free potential.
+    meta: DataFrame, one row per subtomogram (class_id, pdb_id, split, class_split, snr, ...).
+    """
+
+    def __init__(self, root: str | os.PathLike[str]) -> None:
+        self.root = Path(root)
+        info_path = self.root / "recipe.json"
+        if not info_path.is_file():
+            raise CryoNBError(f"{self.root}: not a generated data set (no recipe.json)")
+        self.info: dict[str, Any] = json.loads(info_path.read_text())
+        self.recipe = DatasetRecipe.from_dict(self.info["recipe"])
+        self.volumes = np.load(self.root / "volumes.npy", mmap_mode="r")
+        self.masks = np.load(self.root / "masks.npy", mmap_mode="r")
+        self.meta = pd.read_csv(self.root / "meta.csv", keep_default_na=False)
+        self.meta["snr"] = self.meta["snr"].astype(float)
+        self.meta["snr_measured"] = self.meta["snr_measured"].astype(float)
+        self.classes: list[str] = list(self.recipe.classes)
+        if len(self.meta) != len(self.volumes) or self.volumes.shape != self.masks.shape:
+            raise CryoNBError(f"{self.root}: volumes {self.volumes.shape}, masks {self.masks.shape} and "
+                              f"meta ({len(self.meta)} rows) disagree; delete the folder to regenerate")
+
+    def __len__(self) -> int:
+        return len(self.meta)
+
+    def __repr__(self) -> str:
+        return f"SubtomoDataset({self.root.name!r}, n={len(self)}, classes={len(self.classes)})"
+
+    def indices(self, split: str | None = "train", class_split: str | None = None) -> np.ndarray:
+        """Row indices with the given split ('train'|'val'|'test'|None = all) and class split."""
+        if split not in (None, "train", "val", "test"):
+            raise CryoNBError(f"split={split!r}: expected 'train', 'val', 'test' or None")
+        if class_split not in (None, "seen", "unseen"):
+            raise CryoNBError(f"class_split={class_split!r}: expected 'seen', 'unseen' or None")
+        keep = np.ones(len(self.meta), dtype=bool)
+        if split is not None:
+            keep &= (self.meta["split"] == split).to_numpy()
+        if class_split is not None:
+            keep &= (self.meta["class_split"] == class_split).to_numpy()
+        return np.flatnonzero(keep)
+
+    @property
+    def voxel_size_a(self) -> float:
+        return self.recipe.simulation.voxel_size_a
+
+
+def _splits(recipe: DatasetRecipe) -> tuple[list[str], list[str]]:
+    """(split, class_split) per sample index; stratified within each seen class, fixed by the seed."""
+    n = recipe.n_per_class
+    rng = np.random.default_rng(np.random.SeedSequence(recipe.seed, spawn_key=(2**31 - 1,)))
+    split, class_split = [], []
+    n_train = int(round(recipe.split_fractions[0] * n))
+    n_val = int(round(recipe.split_fractions[1] * n))
+    for cls in recipe.classes:
+        if cls in recipe.unseen_classes:
+            split += ["test"] * n
+            class_split += ["unseen"] * n
+            continue
+        labels = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val))
+        split += list(labels[rng.permutation(n)])
+        class_split += ["seen"] * n
+    return split, class_split
+
+
+def load_maps(recipe: DatasetRecipe) -> list[MoleculeMap]:
+    """Potential maps of the recipe's classes (cached on disk); raises if one exceeds the crop."""
+    sim = recipe.simulation
+    maps = [molecule_map(c, sim.voxel_size_a, mask_volume_factor=sim.mask_volume_factor) for c in recipe.classes]
+    for m in maps:
+        if 2 * m.radius_a / sim.voxel_size_a > sim.crop_size:
+            raise CryoNBError(f"{m.pdb_id}: molecule diameter {2 * m.radius_a:.0f} Å exceeds the crop box "
+                              f"(crop_size={sim.crop_size} x voxel_size_a={sim.voxel_size_a} Å)")
+    return maps
+
+
+def simulate_sample(recipe: DatasetRecipe, index: int, maps: list[MoleculeMap]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
+    """Subtomogram ``index`` of the recipe: (volume (c,c,c) float32 z-scored, mask (c,c,c) uint8, metadata row)."""
+    sim = recipe.simulation
+    rng = np.random.default_rng(np.random.SeedSequence(recipe.seed, spawn_key=(int(index),)))
+    class_id = int(index) // recipe.n_per_class
+    scene = make_scene(class_id, maps, sim, rng)
+    defocus_um = float(rng.uniform(sim.defocus_um_min, sim.defocus_um_max))
+    simulate = simulate_fast if sim.path == "fast" else simulate_tiltseries
+    sub = simulate(scene.volume, defocus_um, recipe.snr, sim, rng)
+    vol = sub.volume
+    vol = (vol - vol.mean()) / vol.std()
+    mask = crop_center(scene.target, sim.crop_size) > maps[class_id].mask_threshold
+    tgt = scene.placements[0]
+    row = {
+        "index": int(index), "class_id": class_id, "pdb_id": recipe.classes[class_id], "snr": recipe.snr,
+        "snr_measured": sub.snr_measured, "seed": recipe.seed, "defocus_um": defocus_um,
+        "rotation": ";".join(f"{a:.4f}" for a in tgt.euler_zyz_deg),
+        "shift": ";".join(f"{a:.4f}" for a in tgt.offset_vox),
+        "n_neighbours": len(scene.placements) - 1,
+        "neighbours": ";".join(recipe.classes[p.class_id] for p in scene.placements[1:]),
+        "mask_fraction": float(mask.mean()), "path": sim.path,
+    }
+    return vol.astype(np.float32), mask.astype(np.uint8), row
+
+
+_WORKER: dict[str, Any] = {}
+
+
+def _init_worker(recipe_dict: dict[str, Any], maps: list[MoleculeMap]) -> None:
+    torch.set_num_threads(1)  # parallelism comes from the processes
+    _WORKER["recipe"] = DatasetRecipe.from_dict(recipe_dict)
+    _WORKER["maps"] = maps
+
+
+def _run_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+    recipe, maps = _WORKER["recipe"], _WORKER["maps"]
+    outs = [simulate_sample(recipe, i, maps) for i in range(*bounds)]
+    return bounds[0], np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), [o[2] for o in outs]
+
+
+def _sha256(path: Path) -> str:
+    h = hashlib.sha256()
+    with open(path, "rb") as fh:
+        for block in iter(lambda: fh.read(1 << 22), b""):
+            h.update(block)
+    return h.hexdigest()
+
+
+def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_workers: int | None = None,
+                     chunk_size: int = 32, progress: bool = True) -> Path:
+    """Generate the data set into ``root`` (resumable via ``root.partial``); returns ``root``.
+
+    n_workers: worker processes (default: min(2, cpu count); 1 = in this process). Results do not
+    depend on it. Peak memory: one chunk per worker plus the molecule maps.
+    """
+    root = Path(root)
+    partial = root.with_name(root.name + ".partial")
+    partial.mkdir(parents=True, exist_ok=True)
+    maps = load_maps(recipe)
+    if recipe.simulation.path == "fast":
+        fast_filters(recipe.simulation)  # measure once here, not in every worker
+    n, c = recipe.n_total, recipe.simulation.crop_size
+    done_path = partial / "chunks_done.json"
+    done: set[int] = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
+    mode = "r+" if done and (partial / "volumes.npy").is_file() else "w+"
+    if mode == "w+":
+        done = set()
+    volumes = np.lib.format.open_memmap(partial / "volumes.npy", mode=mode, dtype=np.float32, shape=(n, c, c, c))
+    masks = np.lib.format.open_memmap(partial / "masks.npy", mode=mode, dtype=np.uint8, shape=(n, c, c, c))
+    (partial / "rows").mkdir(exist_ok=True)
+    chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size) if s not in done]
+    workers = n_workers if n_workers is not None else min(2, os.cpu_count() or 1)
+    bar = tqdm(total=n, initial=n - sum(b - a for a, b in chunks), desc=recipe.name, disable=not progress, unit="subtomo")
+
+    def store(result: tuple[int, np.ndarray, np.ndarray, list[dict[str, Any]]]) -> None:
+        start, vol, msk, rows = result
+        volumes[start : start + len(vol)] = vol
+        masks[start : start + len(vol)] = msk
+        pd.DataFrame(rows).to_csv(partial / "rows" / f"{start:08d}.csv", index=False)
+        volumes.flush()
+        masks.flush()
+        done.add(start)
+        write_text_atomic(done_path, json.dumps(sorted(done)))
+        bar.update(len(vol))
+
+    if workers <= 1 or len(chunks) <= 2:
+        _init_worker(recipe.to_dict(), maps)
+        for ch in chunks:
+            store(_run_chunk(ch))
+    else:
+        ctx = mp.get_context("spawn")  # fork after torch/OpenMP use can deadlock
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(recipe.to_dict(), maps)) as pool:
+            for result in pool.imap(_run_chunk, chunks):
+                store(result)
+    bar.close()
+    del volumes, masks
+    meta = pd.concat([pd.read_csv(p, keep_default_na=False) for p in sorted((partial / "rows").glob("*.csv"))])
+    meta = meta.sort_values("index").reset_index(drop=True)
+    split, class_split = _splits(recipe)
+    meta.insert(3, "split", split)
+    meta.insert(4, "class_split", class_split)
+    meta.to_csv(partial / "meta.csv", index=False)
+    shutil.rmtree(partial / "rows")
+    done_path.unlink()
+    info = {
+        "recipe": recipe.to_dict(), "hash": recipe.content_hash(), "format_version": _FORMAT_VERSION,
+        "n": n, "crop_size": c, "voxel_size_a": recipe.simulation.voxel_size_a,
+        "sha256": {f: _sha256(partial / f) for f in ("volumes.npy", "masks.npy", "meta.csv")},
+    }
+    write_text_atomic(partial / "recipe.json", json.dumps(info, indent=2))
+    if root.exists():
+        shutil.rmtree(root)
+    os.replace(partial, root)
+    return root
+
+
+def load_dataset(root_or_recipe: str | os.PathLike[str] | DatasetRecipe) -> SubtomoDataset:
+    """Open a generated data set by folder or by recipe (raises if it was not generated)."""
+    if isinstance(root_or_recipe, DatasetRecipe):
+        root = generated_dir() / root_or_recipe.folder_name
+        if not (root / "recipe.json").is_file():
+            raise CryoNBError(f"data set {root_or_recipe.name} not generated yet ({root}); call ensure_dataset")
+        return SubtomoDataset(root)
+    return SubtomoDataset(resolve(root_or_recipe))
+
+
+def ensure_dataset(recipe: DatasetRecipe, n_workers: int | None = None, progress: bool = True,
+                   root_dir: str | os.PathLike[str] | None = None) -> SubtomoDataset:
+    """Load the data set of ``recipe`` if present, else generate it first (see :func:`generate_dataset`)."""
+    base = resolve(root_dir) if root_dir is not None else generated_dir()
+    root = base / recipe.folder_name
+    if not (root / "recipe.json").is_file():
+        generate_dataset(recipe, root, n_workers=n_workers, progress=progress)
+    return SubtomoDataset(root)

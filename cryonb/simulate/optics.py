@@ -1,0 +1,83 @@
+"""Microscope optics: CTF (torch-ctf), B-factor envelope and detector MTF, on any |k| grid.
+
+NOTE: the CTF follows torch-ctf: ``-sin(χ)`` with positive defocus = underfocus, so dense
+protein appears dark, as in real tomograms.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import torch
+from torch_ctf import calculate_ctf_1d
+from torch_ctf.ctf_utils import calculate_total_phase_shift
+
+from cryonb.simulate.config import SimulationConfig
+
+__all__ = ["ctf_of_k", "mtf_of_k", "envelope_of_k", "transfer_of_k", "ctf_zeros_inv_a", "ctf_curve"]
+
+
+def ctf_of_k(k_inv_a: torch.Tensor, defocus_um: float, config: SimulationConfig) -> torch.Tensor:
+    """CTF at spatial frequencies |k| (Å⁻¹, any shape), via torch-ctf's phase shift."""
+    k2 = (k_inv_a.to(torch.float64)) ** 2
+    chi = calculate_total_phase_shift(
+        defocus_um=torch.tensor(float(defocus_um), dtype=torch.float64),
+        voltage_kv=torch.tensor(config.voltage_kv, dtype=torch.float64),
+        spherical_aberration_mm=torch.tensor(config.cs_mm, dtype=torch.float64),
+        phase_shift_degrees=torch.tensor(0.0, dtype=torch.float64),
+        amplitude_contrast_fraction=torch.tensor(config.amplitude_contrast, dtype=torch.float64),
+        fftfreq_grid_angstrom_squared=k2,
+    )
+    return -torch.sin(chi)
+
+
+def mtf_of_k(k_inv_a: torch.Tensor, config: SimulationConfig) -> torch.Tensor:
+    """Detector MTF: the pixel-aperture sinc of an ideal counting detector, sinc(π f / 2) with f the
+    fraction of the detector's Nyquist. Written by hand because it is one line; ttsim3d's measured
+    curves can replace it."""
+    f_nyq = k_inv_a * 2.0 * config.detector_pixel_a
+    return torch.sinc(f_nyq / 2.0)
+
+
+def envelope_of_k(k_inv_a: torch.Tensor, config: SimulationConfig) -> torch.Tensor:
+    """B-factor envelope exp(-B k² / 4) (dose damage, drift, partial coherence lumped together)."""
+    return torch.exp(-config.b_factor_a2 * k_inv_a**2 / 4.0)
+
+
+def transfer_of_k(k_inv_a: torch.Tensor, defocus_um: float, config: SimulationConfig) -> torch.Tensor:
+    """CTF × envelope × MTF applied to each projection's signal."""
+    return ctf_of_k(k_inv_a, defocus_um, config) * envelope_of_k(k_inv_a, config) * mtf_of_k(k_inv_a, config)
+
+
+def ctf_curve(defocus_um: float, config: SimulationConfig, n_samples: int = 512) -> tuple[np.ndarray, np.ndarray]:
+    """1-D CTF from torch-ctf's ``calculate_ctf_1d`` up to the voxel Nyquist: (k in Å⁻¹, ctf)."""
+    ctf = calculate_ctf_1d(
+        defocus=defocus_um, voltage=config.voltage_kv, spherical_aberration=config.cs_mm,
+        amplitude_contrast=config.amplitude_contrast, phase_shift=0.0, pixel_size=config.voxel_size_a,
+        n_samples=n_samples, oversampling_factor=1,
+    )
+    k = np.linspace(0, 0.5 / config.voxel_size_a, n_samples)
+    return k, ctf.numpy()
+
+
+def ctf_zeros_inv_a(defocus_um: float, config: SimulationConfig, k_max_inv_a: float) -> np.ndarray:
+    """Analytic CTF zeros (Å⁻¹) below ``k_max_inv_a``: solve χ(k) = nπ with
+    χ = π λ Δz k² − (π/2) Cs λ³ k⁴ + arcsin-equivalent amplitude-contrast phase."""
+    volt = config.voltage_kv * 1e3
+    lam = 12.2643247 / np.sqrt(volt * (1 + volt * 0.978466e-6))  # relativistic wavelength, Å
+    dz = defocus_um * 1e4
+    cs = config.cs_mm * 1e7
+    phi = np.arctan(config.amplitude_contrast / np.sqrt(1 - config.amplitude_contrast**2))
+    zeros = []
+    for n in range(0, 200):
+        # π λ dz k² − π/2 Cs λ³ k⁴ + phi = n π  → quadratic in u = k²
+        a, b, c = -0.5 * np.pi * cs * lam**3, np.pi * lam * dz, phi - n * np.pi
+        disc = b * b - 4 * a * c
+        if disc < 0:
+            break
+        u = (-b + np.sqrt(disc)) / (2 * a)
+        if u > 0:
+            k = np.sqrt(u)
+            if k > k_max_inv_a:
+                break
+            zeros.append(k)
+    return np.asarray(zeros)
