@@ -1,0 +1,43 @@
+"""COS-Net one-shot classification and segmentation of extracted subtomograms against your support set.
+
+Example:
+    python -m cryonb extract TOMO.mrc picks.star --box 32 --voxel-size-a 10 -o subtomos/ --mrc
+    mkdir -p support/ribosome support/proteasome      # copy one (or a few) chosen boxes per class:
+    cp subtomos/mrc/subtomo_000012.mrc support/ribosome/
+    cp subtomos/mrc/subtomo_000345.mrc support/proteasome/
+    python -m cryonb oneshot subtomos/ --support support/ --checkpoint runs/quick/cosnet/DuSE-SCNN+decoder-<hash>.pt
+
+The support folder holds one sub-folder of MRC volumes (or one <class>.mrc) per class, at least two
+classes, with the subtomograms' box and voxel size. Several volumes in a class are averaged (k-shot).
+Writes OUT/oneshot.csv (predicted class, match probability per class, coordinates, border flag) and,
+for a variant with the decoder, OUT/masks.npy and OUT/masks/mask_NNNNNN.mrc (mask probabilities).
+OUT defaults to SUBTOMOS/oneshot/. Checkpoints come from cryonb.oneshot.ensure_cosnet (notebook 07).
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cryonb.predict import load_subtomograms, oneshot_predict, read_support, write_oneshot
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("subtomos", help="folder written by `python -m cryonb extract`")
+    parser.add_argument("--support", required=True, help="support folder: one sub-folder or <class>.mrc per class")
+    parser.add_argument("--checkpoint", required=True, help="COS-Net checkpoint (.pt) from ensure_cosnet")
+    parser.add_argument("-o", "--out", default=None, help="output folder (default: SUBTOMOS/oneshot)")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def main(args: argparse.Namespace) -> int:
+    subtomos = load_subtomograms(args.subtomos)
+    support = read_support(args.support, subtomos.volumes.shape[1], subtomos.voxel_size_a)
+    table, masks = oneshot_predict(args.checkpoint, subtomos, support, batch_size=args.batch_size)
+    out = Path(args.out) if args.out else Path(args.subtomos) / "oneshot"
+    write_oneshot(out, table, masks, subtomos.voxel_size_a)
+    counts = table["predicted"].value_counts().reindex(support.names, fill_value=0)
+    summary = ", ".join(f"{name} {int(n)}" for name, n in counts.items())
+    print(f"classified {len(table)} subtomograms against {len(support.names)} classes ({summary}) → {out / 'oneshot.csv'}"
+          + (f"; masks → {out / 'masks'}" if masks is not None else ""))
+    return 0

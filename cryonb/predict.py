@@ -1,0 +1,242 @@
+"""Apply trained models to extracted subtomograms (the output folder of ``python -m cryonb extract``).
+
+Public surface: :func:`load_subtomograms`, :func:`load_checkpoint`, :func:`read_support`,
+:func:`oneshot_predict`, :func:`write_oneshot`.
+
+A support folder holds one entry per class, named after the class: either a sub-folder of MRC
+volumes (several = k-shot; their embeddings are averaged, as in :func:`cryonb.oneshot.episode_logits`)
+or a single ``<class>.mrc``. Support volumes must have the subtomograms' box and voxel size; cut them
+with the same ``extract`` call (``--mrc``) and copy the ones you choose.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import pandas as pd
+import torch
+
+from cryonb.errors import CryoNBError
+from cryonb.io import read_mrc, save_npy_atomic, write_mrc, write_text_atomic
+
+__all__ = [
+    "Subtomograms",
+    "Support",
+    "load_subtomograms",
+    "load_checkpoint",
+    "checkpoint_kind",
+    "read_support",
+    "oneshot_predict",
+    "write_oneshot",
+]
+
+
+@dataclass(frozen=True)
+class Subtomograms:
+    """An ``extract`` output folder.
+
+    volumes: (N, box, box, box) float32, z-scored (memory-mapped).
+    meta: one row per volume.
+    voxel_size_a: model voxel size in Å (from meta.csv; None if absent).
+    """
+
+    folder: Path
+    volumes: np.ndarray
+    meta: pd.DataFrame
+    voxel_size_a: float | None
+
+
+@dataclass(frozen=True)
+class Support:
+    """Support volumes per class: names (n,), volumes (S, box, box, box) float32 z-scored, class_of (S,) ints."""
+
+    names: list[str]
+    volumes: np.ndarray
+    class_of: np.ndarray
+
+
+def load_subtomograms(folder: str | os.PathLike[str]) -> Subtomograms:
+    """Read ``volumes.npy`` (memory-mapped) and ``meta.csv`` of an extract folder, checking they agree."""
+    f = Path(folder)
+    vol_path, meta_path = f / "volumes.npy", f / "meta.csv"
+    if not vol_path.is_file() or not meta_path.is_file():
+        raise CryoNBError(
+            f"{f}: expected volumes.npy and meta.csv from `python -m cryonb extract`; "
+            f"found {sorted(p.name for p in f.iterdir()) if f.is_dir() else 'no such folder'}"
+        )
+    try:
+        volumes = np.load(vol_path, mmap_mode="r")
+    except (ValueError, OSError) as exc:
+        raise CryoNBError(f"{vol_path}: not a readable .npy array ({exc})") from exc
+    if volumes.ndim != 4 or len(set(volumes.shape[1:])) != 1 or volumes.dtype != np.float32:
+        raise CryoNBError(f"{vol_path}: expected (N, box, box, box) float32, got {volumes.shape} {volumes.dtype}")
+    meta = pd.read_csv(meta_path)
+    if len(meta) != len(volumes):
+        raise CryoNBError(f"{f}: meta.csv has {len(meta)} rows but volumes.npy holds {len(volumes)} volumes")
+    voxel = float(meta["voxel_size_a"].iloc[0]) if "voxel_size_a" in meta and len(meta) else None
+    return Subtomograms(f, volumes, meta, voxel)
+
+
+def checkpoint_kind(payload: dict[str, Any]) -> str:
+    """Which model a checkpoint holds: "cosnet", "rb3d" or the name it declares ("unknown" if none)."""
+    for key in ("model_type", "arch", "model_name", "kind"):
+        value = payload.get(key)
+        if isinstance(value, str):
+            return value.lower().replace("-", "")
+    if "variant" in payload and "attention" in (payload.get("model_config") or {}):
+        return "cosnet"
+    return "unknown"
+
+
+def load_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
+    """Load a checkpoint dict safely (tensors and plain types only) and check it holds ``expected``.
+
+    Raises
+    ------
+    CryoNBError
+        Missing or unreadable file, not a cryonb checkpoint, or a checkpoint of another model.
+    """
+    p = Path(path)
+    if not p.is_file():
+        raise CryoNBError(f"{p}: no such checkpoint file")
+    try:
+        # weights_only: a checkpoint from someone else cannot run code when loaded.
+        payload = torch.load(p, map_location="cpu", weights_only=True)
+    except Exception as exc:  # torch raises several types for corrupt or unsafe files
+        raise CryoNBError(f"{p}: not a readable cryonb checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
+    if not isinstance(payload, dict) or "model" not in payload:
+        raise CryoNBError(f"{p}: not a cryonb checkpoint (expected a dict with a 'model' state dict)")
+    kind = checkpoint_kind(payload)
+    if kind != expected:
+        hint = {"cosnet": "use `python -m cryonb oneshot`", "rb3d": "use `python -m cryonb classify`"}.get(kind, "")
+        raise CryoNBError(f"{p}: checkpoint of model {kind!r}, expected {expected!r}" + (f"; {hint}" if hint else ""))
+    return payload
+
+
+def _zscore(v: np.ndarray) -> np.ndarray:
+    std = float(v.std())
+    return ((v - v.mean()) / std if std > 0 else np.zeros_like(v)).astype(np.float32)
+
+
+def read_support(folder: str | os.PathLike[str], box: int, voxel_size_a: float | None) -> Support:
+    """Support volumes per class from ``folder`` (sub-folders of MRCs, or one ``<class>.mrc`` per class).
+
+    Raises
+    ------
+    CryoNBError
+        Missing folder, fewer than two classes, an empty class folder, a volume of another box or voxel size.
+    """
+    f = Path(folder)
+    if not f.is_dir():
+        raise CryoNBError(f"{f}: no such support folder")
+    files: dict[str, list[Path]] = {}
+    for entry in sorted(f.iterdir()):
+        if entry.is_dir():
+            files[entry.name] = sorted(entry.glob("*.mrc"))
+        elif entry.suffix.lower() == ".mrc":
+            files.setdefault(entry.stem, []).append(entry)
+    if len(files) < 2:
+        raise CryoNBError(
+            f"{f}: support folder has {len(files)} class(es) ({', '.join(files) or 'none'}); "
+            "one-shot classification needs at least 2 (one sub-folder or <class>.mrc per class)"
+        )
+    empty = [name for name, paths in files.items() if not paths]
+    if empty:
+        raise CryoNBError(f"{f}: support class folder(s) {empty} hold no .mrc volumes")
+    volumes, class_of = [], []
+    for c, (name, paths) in enumerate(files.items()):
+        for p in paths:
+            vol = read_mrc(p)
+            if vol.data.shape != (box, box, box):
+                raise CryoNBError(f"{p}: support volume has shape {vol.data.shape}, expected ({box}, {box}, {box}) like the subtomograms")
+            if voxel_size_a is not None and abs(vol.voxel_size_a - voxel_size_a) > 0.01 * voxel_size_a:
+                raise CryoNBError(f"{p}: support voxel size {vol.voxel_size_a:g} Å, expected {voxel_size_a:g} Å like the subtomograms")
+            volumes.append(_zscore(vol.data))
+            class_of.append(c)
+    return Support(list(files), np.stack(volumes), np.array(class_of))
+
+
+def _load_cosnet(payload: dict[str, Any], source: str) -> Any:
+    from cryonb.models.cosnet import COSNet, COSNetConfig
+
+    try:
+        net = COSNet(COSNetConfig(**payload["model_config"]))
+        net.load_state_dict(payload["model"])
+    except (TypeError, KeyError, RuntimeError, CryoNBError) as exc:
+        raise CryoNBError(
+            f"{source}: COS-Net checkpoint incompatible with this cryonb version ({' '.join(str(exc).split())[:300]}); "
+            "retrain it with this version"
+        ) from exc
+    return net.eval()
+
+
+@torch.no_grad()
+def oneshot_predict(
+    checkpoint: str | os.PathLike[str],
+    subtomos: Subtomograms,
+    support: Support,
+    batch_size: int = 32,
+) -> tuple[pd.DataFrame, np.ndarray | None]:
+    """COS-Net one-shot classification of every subtomogram against the support classes.
+
+    Returns
+    -------
+    table : pandas.DataFrame
+        Per subtomogram: ``index``, ``predicted`` (class name), ``probability`` (its match probability),
+        ``p_<class>`` (sigmoid of each class's match logit; they need not sum to 1), the extract
+        metadata columns ``x, y, z, border`` when present.
+    masks : np.ndarray, (N, box, box, box) float32 or None
+        Segmentation probabilities, None for a variant without decoder.
+    """
+    payload = load_checkpoint(checkpoint, "cosnet")
+    net = _load_cosnet(payload, str(checkpoint))
+    box = subtomos.volumes.shape[1]
+    if net.cfg.box != box:
+        raise CryoNBError(f"{checkpoint}: COS-Net was trained on {net.cfg.box}³ boxes, the subtomograms are {box}³; re-extract with --box {net.cfg.box}")
+
+    def run(volumes: np.ndarray) -> tuple[torch.Tensor, list[np.ndarray]]:
+        embs, masks = [], []
+        for s in range(0, len(volumes), batch_size):
+            x = torch.from_numpy(np.array(volumes[s : s + batch_size], dtype=np.float32))[:, None]  # a writable copy
+            e, m = net(x)
+            embs.append(e)
+            if m is not None:
+                masks.append(m[:, 0].numpy())
+        return torch.cat(embs), masks
+
+    sup_emb, _ = run(support.volumes)
+    n_cls = len(support.names)
+    protos = torch.stack([sup_emb[torch.from_numpy(support.class_of == c)].mean(0) for c in range(n_cls)])
+    emb, mask_parts = run(subtomos.volumes)
+    logits = net.match_logits((emb[:, None, :] - protos[None]).abs())  # (N, n)
+    prob = torch.sigmoid(logits).numpy()
+    best = prob.argmax(1)
+    table = pd.DataFrame({"index": np.arange(len(prob)), "predicted": [support.names[i] for i in best], "probability": prob.max(1)})
+    for c, name in enumerate(support.names):
+        table[f"p_{name}"] = prob[:, c]
+    for col in ("x", "y", "z", "border"):
+        if col in subtomos.meta:
+            table[col] = subtomos.meta[col].to_numpy()
+    table["checkpoint"] = str(checkpoint)
+    table["variant"] = payload.get("variant", "")
+    table["seed"] = payload.get("seed", "")
+    masks = np.concatenate(mask_parts).astype(np.float32) if mask_parts else None
+    return table, masks
+
+
+def write_oneshot(
+    out_dir: str | os.PathLike[str], table: pd.DataFrame, masks: np.ndarray | None, voxel_size_a: float | None
+) -> list[Path]:
+    """Write ``oneshot.csv`` and, with masks, ``masks.npy`` and ``masks/mask_NNNNNN.mrc``; all atomically."""
+    out = Path(out_dir)
+    written: list[Path] = []
+    if masks is not None:
+        for i, m in enumerate(masks):
+            written.append(write_mrc(out / "masks" / f"mask_{i:06d}.mrc", m, voxel_size_a or 1.0))
+        written.append(save_npy_atomic(out / "masks.npy", masks))
+    written.append(write_text_atomic(out / "oneshot.csv", table.to_csv(index=False)))
+    return written

@@ -1,0 +1,142 @@
+"""`oneshot` (and `classify` when present): extract folder + checkpoint in, predictions out; bad inputs named."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import mrcfile
+import numpy as np
+import pandas as pd
+import pytest
+import torch
+
+from cryonb.cli import main as cli_main
+from cryonb.errors import CryoNBError
+from cryonb.io import save_npy_atomic, write_mrc
+from cryonb.models.cosnet import COSNet, COSNetConfig
+from cryonb.predict import load_checkpoint, load_subtomograms, oneshot_predict, read_support
+
+BOX = 16
+
+
+def _subtomos(folder: Path, n: int = 6, seed: int = 0) -> Path:
+    """An extract-style folder: z-scored random volumes + meta.csv at 10 Å."""
+    rng = np.random.default_rng(seed)
+    vols = rng.standard_normal((n, BOX, BOX, BOX), dtype=np.float32)
+    vols = (vols - vols.mean(axis=(1, 2, 3), keepdims=True)) / vols.std(axis=(1, 2, 3), keepdims=True)
+    save_npy_atomic(folder / "volumes.npy", vols.astype(np.float32))
+    meta = pd.DataFrame({"index": range(n), "x": np.arange(n) * 10.0, "y": 5.0, "z": 7.0,
+                         "border": [False] * (n - 1) + [True], "voxel_size_a": 10.0})
+    meta.to_csv(folder / "meta.csv", index=False)
+    return folder
+
+
+def _cosnet_checkpoint(path: Path, **overrides: object) -> Path:
+    torch.manual_seed(0)
+    cfg = COSNetConfig(base_channels=2, feature_dim=8, feature_pool=1, box=BOX, match_head="monotone")
+    net = COSNet(cfg).eval()
+    payload = {"variant": "DuSE-SCNN+decoder", "model_config": cfg.as_dict(), "seed": 3,
+               "model": {k: v.cpu() for k, v in net.state_dict().items()}, "log": [{"step": 1, "loss": 0.5}]}
+    payload.update(overrides)
+    torch.save(payload, path)
+    return path
+
+
+def _support(folder: Path, subtomos: Path, picks: dict[str, list[int]]) -> Path:
+    vols = np.load(subtomos / "volumes.npy")
+    for name, idx in picks.items():
+        for i in idx:
+            write_mrc(folder / name / f"s{i}.mrc", vols[i], 10.0)
+    return folder
+
+
+def test_oneshot_cli_classifies_support_copies_as_their_class(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sub = _subtomos(tmp_path / "sub")
+    ckpt = _cosnet_checkpoint(tmp_path / "cos.pt")
+    support = _support(tmp_path / "support", sub, {"alpha": [1], "beta": [4], "gamma": [2]})
+    rc = cli_main(["oneshot", str(sub), "--support", str(support), "--checkpoint", str(ckpt)])
+    assert rc == 0
+    assert "classified 6 subtomograms against 3 classes" in capsys.readouterr().out
+    table = pd.read_csv(sub / "oneshot" / "oneshot.csv")
+    assert len(table) == 6 and list(table["index"]) == list(range(6))
+    probs = table[["p_alpha", "p_beta", "p_gamma"]].to_numpy()
+    assert ((probs > 0) & (probs < 1)).all()
+    assert list(table["predicted"]) == [["alpha", "beta", "gamma"][j] for j in probs.argmax(1)]
+    # The monotone head scores distance 0 highest: a subtomogram identical to a support is that class.
+    assert table.loc[1, "predicted"] == "alpha" and table.loc[4, "predicted"] == "beta" and table.loc[2, "predicted"] == "gamma"
+    assert list(table["border"]) == [False] * 5 + [True] and set(table["seed"]) == {3}
+    masks = np.load(sub / "oneshot" / "masks.npy")
+    assert masks.shape == (6, BOX, BOX, BOX) and float(masks.min()) >= 0 and float(masks.max()) <= 1
+    with mrcfile.open(sub / "oneshot" / "masks" / "mask_000005.mrc") as mrc:
+        np.testing.assert_allclose(mrc.data, masks[5])
+        assert float(mrc.voxel_size.x) == pytest.approx(10.0)
+
+
+def test_k_shot_support_averages_embeddings(tmp_path: Path) -> None:
+    sub = _subtomos(tmp_path / "sub")
+    ckpt = _cosnet_checkpoint(tmp_path / "cos.pt")
+    subtomos = load_subtomograms(sub)
+    one = oneshot_predict(ckpt, subtomos, read_support(_support(tmp_path / "s1", sub, {"a": [0], "b": [3]}), BOX, 10.0))[0]
+    two = oneshot_predict(ckpt, subtomos, read_support(_support(tmp_path / "s2", sub, {"a": [0, 1], "b": [3]}), BOX, 10.0))[0]
+    np.testing.assert_allclose(one["p_b"], two["p_b"], rtol=1e-5)
+    assert not np.allclose(one["p_a"], two["p_a"])
+
+
+def test_support_with_one_class_is_rejected(tmp_path: Path) -> None:
+    sub = _subtomos(tmp_path / "sub")
+    support = _support(tmp_path / "support", sub, {"only": [0, 1]})
+    with pytest.raises(CryoNBError, match=r"support folder has 1 class\(es\) \(only\); one-shot classification needs at least 2"):
+        read_support(support, BOX, 10.0)
+    rc = cli_main(["oneshot", str(sub), "--support", str(support), "--checkpoint", str(tmp_path / "x.pt")])
+    assert rc == 2 and not (sub / "oneshot").exists()
+
+
+def test_support_of_another_box_or_voxel_size_is_rejected(tmp_path: Path) -> None:
+    write_mrc(tmp_path / "s" / "a.mrc", np.ones((8, 8, 8), np.float32), 10.0)
+    write_mrc(tmp_path / "s" / "b.mrc", np.ones((8, 8, 8), np.float32), 10.0)
+    with pytest.raises(CryoNBError, match=r"a\.mrc: support volume has shape \(8, 8, 8\), expected \(16, 16, 16\)"):
+        read_support(tmp_path / "s", BOX, 10.0)
+    write_mrc(tmp_path / "t" / "a.mrc", np.ones((16, 16, 16), np.float32), 5.0)
+    write_mrc(tmp_path / "t" / "b.mrc", np.ones((16, 16, 16), np.float32), 5.0)
+    with pytest.raises(CryoNBError, match=r"a\.mrc: support voxel size 5 Å, expected 10 Å"):
+        read_support(tmp_path / "t", BOX, 10.0)
+
+
+def test_checkpoint_of_another_model_is_rejected(tmp_path: Path) -> None:
+    ckpt = tmp_path / "rb3d.pt"
+    torch.save({"model_type": "rb3d", "model": {"w": torch.zeros(2)}}, ckpt)
+    with pytest.raises(CryoNBError, match=r"rb3d\.pt: checkpoint of model 'rb3d', expected 'cosnet'; use `python -m cryonb classify`"):
+        load_checkpoint(ckpt, "cosnet")
+    torch.save({"weights": 1}, tmp_path / "other.pt")
+    with pytest.raises(CryoNBError, match=r"other\.pt: not a cryonb checkpoint"):
+        load_checkpoint(tmp_path / "other.pt", "cosnet")
+    (tmp_path / "junk.pt").write_bytes(b"not a checkpoint")
+    with pytest.raises(CryoNBError, match=r"junk\.pt: not a readable cryonb checkpoint"):
+        load_checkpoint(tmp_path / "junk.pt", "cosnet")
+
+
+def test_checkpoint_of_incompatible_version_is_rejected(tmp_path: Path) -> None:
+    sub = _subtomos(tmp_path / "sub")
+    support = read_support(_support(tmp_path / "s", sub, {"a": [0], "b": [3]}), BOX, 10.0)
+    subtomos = load_subtomograms(sub)
+    good = _cosnet_checkpoint(tmp_path / "good.pt")
+    state = torch.load(good, weights_only=True)
+    cfg = dict(state["model_config"], future_option=True)
+    bad_cfg = _cosnet_checkpoint(tmp_path / "cfg.pt", model_config=cfg)
+    with pytest.raises(CryoNBError, match=r"cfg\.pt: COS-Net checkpoint incompatible with this cryonb version.*future_option"):
+        oneshot_predict(bad_cfg, subtomos, support)
+    weights = dict(state["model"])
+    weights.pop("match.bias")
+    bad_weights = _cosnet_checkpoint(tmp_path / "w.pt", model=weights)
+    with pytest.raises(CryoNBError, match=r"w\.pt: COS-Net checkpoint incompatible with this cryonb version.*match\.bias"):
+        oneshot_predict(bad_weights, subtomos, support)
+
+
+def test_subtomogram_folder_errors(tmp_path: Path) -> None:
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(CryoNBError, match=r"empty: expected volumes\.npy and meta\.csv from `python -m cryonb extract`"):
+        load_subtomograms(tmp_path / "empty")
+    sub = _subtomos(tmp_path / "sub")
+    pd.read_csv(sub / "meta.csv").iloc[:3].to_csv(sub / "meta.csv", index=False)
+    with pytest.raises(CryoNBError, match=r"meta\.csv has 3 rows but volumes\.npy holds 6 volumes"):
+        load_subtomograms(sub)
