@@ -45,6 +45,9 @@ __all__ = [
     "accuracy_ci",
     "prototype_predictions",
     "recipe_key",
+    "evaluate_episodes",
+    "cosnet_scorer",
+    "prototype_scorer",
 ]
 
 
@@ -58,7 +61,7 @@ class TrainEpisodesConfig:
     n_way : classes per training support set (the paper trains one model per n-way scheme).
     lr, betas : Adam settings (paper: 1e-4, (0.5, 0.999)).
     w_bce, w_dice : loss weights.
-    base_channels, feature_dim, feature_pool, combine : architecture (see :class:`COSNetConfig`).
+    base_channels, feature_dim, feature_pool, combine, match_head : architecture (see :class:`COSNetConfig`).
     checkpoint_every : steps between resumable partial checkpoints.
     seed : seeds initialisation and episode sampling.
     """
@@ -73,6 +76,7 @@ class TrainEpisodesConfig:
     feature_dim: int = 512
     feature_pool: int = 2
     combine: str = "add"
+    match_head: str = "linear"
     checkpoint_every: int = 100
     seed: int = 0
 
@@ -95,7 +99,7 @@ class TrainEpisodesConfig:
         return cls(**d)
 
     def model_config(self, variant: str) -> COSNetConfig:
-        return COSNetConfig.from_variant(variant, base_channels=self.base_channels, feature_dim=self.feature_dim, feature_pool=self.feature_pool, combine=self.combine)
+        return COSNetConfig.from_variant(variant, base_channels=self.base_channels, feature_dim=self.feature_dim, feature_pool=self.feature_pool, combine=self.combine, match_head=self.match_head)
 
 
 def _batch(volumes: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.Tensor:
@@ -287,7 +291,7 @@ def episode_logits(net: COSNet, emb: torch.Tensor, emb_indices: np.ndarray, epis
     at = _lookup(emb_indices)
     sup = emb[torch.from_numpy(at(support))].mean(2)  # (E, n, F)
     q = emb[torch.from_numpy(at(query))]  # (E, F)
-    logits = net.match((q[:, None, :] - sup).abs()).squeeze(-1)
+    logits = net.match_logits((q[:, None, :] - sup).abs())
     return logits.numpy(), labels
 
 
@@ -320,3 +324,42 @@ def accuracy_ci(correct: np.ndarray, z: float = 1.96) -> dict[str, float]:
     centre = (p + z**2 / (2 * n)) / den
     half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
     return {"accuracy": float(p), "ci_low": float(centre - half), "ci_high": float(centre + half), "n_episodes": n}
+
+
+def evaluate_episodes(
+    scorer: Callable[[list[Episode]], tuple[np.ndarray, np.ndarray]],
+    labels: np.ndarray,
+    pool: np.ndarray,
+    n_way: int,
+    k_shot: int,
+    n_episodes: int,
+    seed: int,
+) -> tuple[dict[str, float], list[Episode], np.ndarray]:
+    """Accuracy with its 95 % CI over ``n_episodes`` seeded test episodes from ``pool``.
+
+    scorer : maps episodes to (predictions (E,), labels (E,)), e.g.
+        ``lambda eps: (episode_logits(net, emb, idx, eps)[0].argmax(1), ...)`` or :func:`prototype_predictions`.
+    Returns the accuracy row, the episodes and the predicted class position of each (E,).
+    NOTE: the same (seed, n_way, k_shot) gives the same episodes for every model, so rows are paired.
+    """
+    from cryonb.episodes import sample_episodes
+
+    episodes = sample_episodes(labels, pool, n_way, k_shot, n_episodes, seed, what="unseen")
+    pred, lab = scorer(episodes)
+    row = {"n_way": n_way, "k_shot": k_shot, **accuracy_ci(pred == lab), "seed": seed}
+    return row, episodes, pred
+
+
+def cosnet_scorer(net: COSNet, emb: torch.Tensor, emb_indices: np.ndarray) -> Callable[[list[Episode]], tuple[np.ndarray, np.ndarray]]:
+    """Scorer for :func:`evaluate_episodes`: the support class with the highest COS-Net match logit."""
+
+    def score(episodes: list[Episode]) -> tuple[np.ndarray, np.ndarray]:
+        logits, lab = episode_logits(net, emb, emb_indices, episodes)
+        return logits.argmax(1), lab
+
+    return score
+
+
+def prototype_scorer(emb: torch.Tensor, emb_indices: np.ndarray) -> Callable[[list[Episode]], tuple[np.ndarray, np.ndarray]]:
+    """Scorer for :func:`evaluate_episodes` with :func:`prototype_predictions` on a fixed embedding."""
+    return lambda episodes: prototype_predictions(emb, emb_indices, episodes)

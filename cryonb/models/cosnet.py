@@ -51,6 +51,9 @@ class COSNetConfig:
     feature_pool : side of the adaptive average pool before the feature encoder (8 = no pooling).
     reduction : channel reduction of the scSE bottleneck.
     box : input side length (divisible by 4).
+    match_head : "linear" (paper: one fully connected layer on |f_s − f_t|, weights of either sign) or
+        "monotone" (weights constrained ≤ 0 through −softplus, so the logit can only fall as any feature
+        distance grows: a learned weighted L1 metric, which cannot flip sign on unseen classes).
     """
 
     base_channels: int = 16
@@ -61,12 +64,15 @@ class COSNetConfig:
     feature_pool: int = 2
     reduction: int = 2
     box: int = 32
+    match_head: Literal["linear", "monotone"] = "linear"
 
     def __post_init__(self) -> None:
         if self.attention not in ("duse", "none"):
             raise CryoNBError(f"COS-Net attention={self.attention!r}: expected 'duse' or 'none'")
         if self.combine not in ("add", "max"):
             raise CryoNBError(f"COS-Net combine={self.combine!r}: expected 'add' or 'max'")
+        if self.match_head not in ("linear", "monotone"):
+            raise CryoNBError(f"COS-Net match_head={self.match_head!r}: expected 'linear' or 'monotone'")
         if self.box % 4 or self.box < 8:
             raise CryoNBError(f"COS-Net box={self.box}: expected a multiple of 4, ≥ 8")
         if self.base_channels < 1 or self.feature_dim < 1:
@@ -162,7 +168,12 @@ class COSNet(nn.Module):
 
         support : (S, F) embeddings; target : (T, F) embeddings → (T, S) logits (sigmoid = match probability).
         """
-        dist = (target[:, None, :] - support[None, :, :]).abs()
+        return self.match_logits((target[:, None, :] - support[None, :, :]).abs())
+
+    def match_logits(self, dist: torch.Tensor) -> torch.Tensor:
+        """(..., F) non-negative feature distances → (...) match logits."""
+        if self.cfg.match_head == "monotone":
+            return -(dist @ F.softplus(self.match.weight[0])) + self.match.bias[0]
         return self.match(dist).squeeze(-1)
 
 
