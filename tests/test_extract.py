@@ -208,3 +208,16 @@ def test_cli_writes_mrcs_and_failed_run_keeps_previous_output(
     assert "cryonb extract: error:" in capsys.readouterr().err
     assert ((out / "volumes.npy").read_bytes(), (out / "meta.csv").read_bytes()) == before
     assert not [p.name for p in out.iterdir() if p.name.startswith(".tmp")]
+
+
+def test_multi_tomogram_star_needs_tomo_name(tmp_path: Path) -> None:
+    star = tmp_path / "p.star"
+    df = pd.DataFrame({"rlnCoordinateX": [1.0, 2.0, 3.0], "rlnCoordinateY": [4.0, 5.0, 6.0],
+                       "rlnCoordinateZ": [7.0, 8.0, 9.0], "rlnTomoName": ["TS_01", "TS_02", "TS_01"]})
+    starfile.write({"particles": df}, star)
+    with pytest.raises(CryoNBError, match=r"p\.star: lists particles of 2 tomograms \(TS_01, TS_02\.\.\.\); choose one with --tomo-name"):
+        read_coordinates(star)
+    got = read_coordinates(star, tomo_name="TS_01")
+    assert list(got["row"]) == [0, 2] and list(got["x"]) == [1.0, 3.0]
+    with pytest.raises(CryoNBError, match=r"p\.star: no particles for tomogram 'TS_9'"):
+        read_coordinates(star, tomo_name="TS_9")

@@ -172,3 +172,21 @@ def test_http_404_and_bad_digest_are_clear(server: tuple[str, ServerState], tmp_
         download_verified(url.replace("file.bin", "missing.bin"), tmp_path / "x", PAYLOAD_SHA, progress=False)
     with pytest.raises(CryoNBError, match=r"expected sha256 must be 64 hex digits, got 'abc'"):
         download_verified(url, tmp_path / "x", "abc", progress=False)
+
+
+def test_manifest_fetch_uses_verified_download(server: tuple[str, ServerState], tmp_path: Path) -> None:
+    from cryonb.manifest import fetch, load_manifest
+
+    url, _ = server
+    manifest = tmp_path / "m.yaml"
+    manifest.write_text(
+        "version: 1\ndatasets:\n"
+        f"  - {{name: tiny, kind: external, path: data/tiny.bin, url: '{url}', sha256: {PAYLOAD_SHA}}}\n"
+        f"  - {{name: wrong, kind: external, path: data/wrong.bin, url: '{url}', sha256: '{'0' * 64}'}}\n",
+        encoding="utf-8",
+    )
+    entries = load_manifest(manifest)
+    assert fetch(entries, "tiny", root=tmp_path).read_bytes() == PAYLOAD
+    with pytest.raises(CryoNBError, match=rf"checksum mismatch: expected sha256 {'0' * 64}, got {PAYLOAD_SHA}"):
+        fetch(entries, "wrong", root=tmp_path)
+    assert not (tmp_path / "data" / "wrong.bin").exists()
