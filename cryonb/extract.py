@@ -219,7 +219,9 @@ def read_coordinates(
     if cols[0].endswith("Angst"):
         if shape_zyx is None or voxel_size_a is None:
             raise CryoNBError(f"{p}: centred Å coordinates need the tomogram's shape and voxel size")
-        # RELION 5: Å from the tomogram centre; the centre voxel of n is n / 2 (0-based, as RELION).
+        # RELION 5: Å from the tomogram centre. RELION's centre is (unbinned size / 2 - 1) unbinned pixels
+        # (3dem/relion#1137), which the binned tomogram cannot tell us; n / 2 (as pytom-match-pick uses)
+        # is within one binned voxel of it.
         xyz = xyz / voxel_size_a + np.array(shape_zyx[::-1], dtype=np.float64) / 2
     origin = [f"rlnOrigin{a}Angst" for a in "XYZ"]
     if all(c in df.columns for c in origin):
