@@ -276,9 +276,11 @@ def _resampling_matrices(n_in: int, n_out: int, shifts: np.ndarray) -> np.ndarra
     m = 2 * k_max + 1
     num = np.sin(m * grid) * np.cos(m * phase) + np.cos(m * grid) * np.sin(m * phase)
     den = np.sin(grid) * np.cos(phase) + np.cos(grid) * np.sin(phase)
-    at_sample = np.abs(den) < 1e-9  # u a multiple of n_in: the kernel's limit is (2K+1) * (+-1)
-    limit = m * np.cos(m * (grid + phase)) / np.cos(grid + phase)
-    kernel = np.where(at_sample, limit, num / np.where(at_sample, 1.0, den))
+    at_sample = np.abs(den) < 1e-9  # u a multiple of n_in (rare): use the kernel's limit there
+    kernel = num / np.where(at_sample, 1.0, den)
+    if at_sample.any():
+        theta = np.broadcast_to(grid + phase, kernel.shape)[at_sample]
+        kernel[at_sample] = m * np.cos(m * theta) / np.cos(theta)
     return (kernel / n_in).astype(np.float32)
 
 
