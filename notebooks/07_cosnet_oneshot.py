@@ -55,7 +55,7 @@ base_channels = 4
 feature_dim = 128
 feature_pool = 2
 w_dice = 1.0
-match_head = "monotone"  # "linear" = the paper's FC on |f_s − f_t|; see the note in the training section
+match_head = "monotone"  # or linear (the paper), see the training section
 
 # %%
 import math
