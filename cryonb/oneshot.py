@@ -249,7 +249,7 @@ def load_cosnet(path: str | Path, device: torch.device | str = "cpu") -> tuple[C
     path = Path(path)
     if not path.exists():
         raise CryoNBError(f"COS-Net checkpoint {path} does not exist; expected a file from ensure_cosnet")
-    payload = torch.load(path, map_location=device, weights_only=False)
+    payload = torch.load(path, map_location=device, weights_only=True)
     net = COSNet(COSNetConfig(**payload["model_config"])).to(device)
     net.load_state_dict(payload["model"])
     return net.eval(), payload
