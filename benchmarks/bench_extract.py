@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import resource
 import subprocess
 import sys
@@ -100,8 +101,13 @@ def _worker(args: argparse.Namespace) -> None:
     """One measurement in this fresh process; prints a JSON line."""
     tomo, coords = Path(args.tomogram), Path(args.coords)
     crop = int(round(args.box * args.voxel_size_a / args.tomo_voxel_size_a))
-    if args.worker != "plain":
+    if args.worker not in ("plain", "plain-rescaled"):
+        import torch
+
         import cryonb.extract  # noqa: F401  (module import, torch included, is not extraction time)
+
+        if args.threads:
+            torch.set_num_threads(args.threads)
     if args.trace:
         tracemalloc.start()
     times = []
@@ -132,7 +138,7 @@ def _run(
     cmd = [
         sys.executable, __file__, "--worker", worker, "--tomogram", str(tomo), "--coords", str(coords),
         "--box", str(args.box), "--voxel-size-a", str(args.voxel_size_a),
-        "--tomo-voxel-size-a", str(args.tomo_voxel_size_a), "--repeat", str(repeat or args.repeat), "--out-dir", str(out_dir),
+        "--tomo-voxel-size-a", str(args.tomo_voxel_size_a), "--repeat", str(repeat or args.repeat), "--threads", str(args.threads), "--out-dir", str(out_dir),
     ] + (["--trace"] if trace else [])
     done = subprocess.run(cmd, check=True, capture_output=True, text=True)
     return json.loads(done.stdout.strip().splitlines()[-1])
@@ -146,6 +152,7 @@ def main() -> None:
     parser.add_argument("--tomo-voxel-size-a", type=float, default=6.8, help="tomogram voxel size, Å")
     parser.add_argument("--repeat", type=int, default=2)
     parser.add_argument("--seed", type=int, default=0)
+    parser.add_argument("--threads", type=int, default=0, help="torch threads for cryonb (default: all cores)")
     parser.add_argument("--worker", choices=["plain", "plain-rescaled", "ours", "disk"], help=argparse.SUPPRESS)
     parser.add_argument("--tomogram", help=argparse.SUPPRESS)
     parser.add_argument("--coords", help=argparse.SUPPRESS)
@@ -168,7 +175,8 @@ def main() -> None:
         pd.DataFrame(xyz, columns=["x", "y", "z"]).to_csv(coords, index=False)
         mb = tomo.stat().st_size / 2**20
         print(f"tomogram {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} float32 ({mb:.0f} MiB, {args.tomo_voxel_size_a} Å), "
-              f"{args.n} particles, crop {crop}^3 -> box {args.box}^3 at {args.voxel_size_a} Å")
+              f"{args.n} particles, crop {crop}^3 -> box {args.box}^3 at {args.voxel_size_a} Å, "
+              f"torch threads {args.threads or 'all'} ({os.cpu_count()} cores)")
         plain = _run(args, "plain", tomo, coords, False, tmp / "o")
         plain_rs = _run(args, "plain-rescaled", tomo, coords, False, tmp / "o", repeat=1)  # ~30 s a run
         ours = _run(args, "ours", tomo, coords, False, tmp / "o")
