@@ -55,7 +55,7 @@ base_channels = 4
 feature_dim = 128
 feature_pool = 2
 w_dice = 1.0
-match_head = "monotone"  # or linear (the paper), see the training section
+match_head = "linear"  # the paper; or monotone (weights ≤ 0), see the training section
 
 # %%
 import math
