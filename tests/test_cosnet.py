@@ -68,3 +68,16 @@ def test_bad_inputs() -> None:
         COSNetConfig.from_variant("ResNet")
     with pytest.raises(CryoNBError, match="combine"):
         COSNetConfig(combine="mul")  # type: ignore[arg-type]
+
+
+def test_monotone_match_head_never_rewards_distance() -> None:
+    torch.manual_seed(2)
+    net = COSNet(COSNetConfig(base_channels=2, feature_dim=8, match_head="monotone"))
+    with torch.no_grad():
+        net.match.weight.normal_(0, 3.0)  # mixed signs: the raw layer would reward some distances
+    d = torch.rand(50, 8)
+    grown = d + torch.rand(50, 8)  # every feature distance grows
+    assert (net.match_logits(grown) <= net.match_logits(d) + 1e-6).all()
+    linear = COSNet(COSNetConfig(base_channels=2, feature_dim=8))
+    linear.match.load_state_dict(net.match.state_dict())
+    assert (linear.match_logits(grown) > linear.match_logits(d)).any()
