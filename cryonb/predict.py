@@ -32,7 +32,13 @@ __all__ = [
     "read_support",
     "oneshot_predict",
     "write_oneshot",
+    "CHECKPOINT_FORMAT",
+    "classify_predict",
+    "write_predictions",
 ]
+
+#: newest checkpoint ``format_version`` this code reads (a checkpoint without one counts as 1)
+CHECKPOINT_FORMAT = 1
 
 
 @dataclass(frozen=True)
@@ -87,8 +93,11 @@ def checkpoint_kind(payload: dict[str, Any]) -> str:
         value = payload.get(key)
         if isinstance(value, str):
             return value.lower().replace("-", "")
-    if "variant" in payload and "attention" in (payload.get("model_config") or {}):
+    config = payload.get("model_config") or {}
+    if "variant" in payload and "attention" in config:
         return "cosnet"
+    if {"n_classes", "width", "embedding_dim"} <= set(config):
+        return "rb3d"
     return "unknown"
 
 
@@ -110,6 +119,12 @@ def load_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, An
         raise CryoNBError(f"{p}: not a readable cryonb checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
     if not isinstance(payload, dict) or "model" not in payload:
         raise CryoNBError(f"{p}: not a cryonb checkpoint (expected a dict with a 'model' state dict)")
+    version = payload.get("format_version", 1)
+    if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
+        raise CryoNBError(
+            f"{p}: checkpoint format_version {version!r} is newer than this cryonb reads ({CHECKPOINT_FORMAT}); "
+            "update cryonb or re-export the checkpoint"
+        )
     kind = checkpoint_kind(payload)
     if kind != expected:
         hint = {"cosnet": "use `python -m cryonb oneshot`", "rb3d": "use `python -m cryonb classify`"}.get(kind, "")
@@ -239,4 +254,92 @@ def write_oneshot(
             written.append(write_mrc(out / "masks" / f"mask_{i:06d}.mrc", m, voxel_size_a or 1.0))
         written.append(save_npy_atomic(out / "masks.npy", masks))
     written.append(write_text_atomic(out / "oneshot.csv", table.to_csv(index=False)))
+    return written
+
+
+def _load_rb3d(payload: dict[str, Any], source: str) -> Any:
+    from cryonb.models.rb3d import RB3D, RB3DConfig
+
+    # DDP checkpoints prefix every key with "module.".
+    state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
+    try:
+        net = RB3D(RB3DConfig(**payload["model_config"]))
+        net.load_state_dict(state)
+    except (TypeError, KeyError, RuntimeError, CryoNBError) as exc:
+        raise CryoNBError(
+            f"{source}: RB3D checkpoint incompatible with this cryonb version ({' '.join(str(exc).split())[:300]}); "
+            "retrain or re-export it with this version"
+        ) from exc
+    return net.eval()
+
+
+def _class_names(payload: dict[str, Any], n_classes: int, source: str) -> list[str]:
+    names = payload.get("class_names")
+    if names is None:
+        return [f"class_{i}" for i in range(n_classes)]
+    names = [str(n) for n in names]
+    if len(names) != n_classes:
+        raise CryoNBError(f"{source}: checkpoint lists {len(names)} class names for a {n_classes}-class classifier")
+    return names
+
+
+@torch.no_grad()
+def classify_predict(checkpoint: str | os.PathLike[str], subtomos: Subtomograms, batch_size: int = 32) -> pd.DataFrame:
+    """Class probabilities of every subtomogram under an RB3D classifier checkpoint.
+
+    The checkpoint is a dict with ``model`` (state dict), ``model_config`` (:class:`~cryonb.models.rb3d.RB3DConfig`
+    fields) and optionally ``model_type: "rb3d"``, ``class_names``, ``box``, ``voxel_size_a``, ``seed``,
+    ``format_version``. ``box`` and ``voxel_size_a``, when recorded, must match the subtomograms.
+
+    Returns
+    -------
+    pandas.DataFrame
+        Per subtomogram: ``index``, ``predicted``, ``probability`` (softmax of the predicted class),
+        ``p_<class>`` for every class (they sum to 1), ``x, y, z, border`` from meta.csv when present.
+    """
+    source = str(checkpoint)
+    payload = load_checkpoint(checkpoint, "rb3d")
+    net = _load_rb3d(payload, source)
+    box = subtomos.volumes.shape[1]
+    if payload.get("box") not in (None, box):
+        raise CryoNBError(f"{source}: classifier trained on {payload['box']}³ boxes, the subtomograms are {box}³; re-extract with --box {payload['box']}")
+    trained_a = payload.get("voxel_size_a")
+    if trained_a is not None and subtomos.voxel_size_a is not None and abs(float(trained_a) - subtomos.voxel_size_a) > 0.01 * float(trained_a):
+        raise CryoNBError(
+            f"{source}: classifier trained at {float(trained_a):g} Å voxels, the subtomograms are {subtomos.voxel_size_a:g} Å; "
+            f"re-extract with --voxel-size-a {float(trained_a):g}"
+        )
+    names = _class_names(payload, net.config.n_classes, source)
+    parts = []
+    for s in range(0, len(subtomos.volumes), batch_size):
+        x = torch.from_numpy(np.array(subtomos.volumes[s : s + batch_size], dtype=np.float32))[:, None]
+        parts.append(torch.softmax(net(x), dim=1).numpy())
+    prob = np.concatenate(parts) if parts else np.zeros((0, len(names)), np.float32)
+    best = prob.argmax(1)
+    table = pd.DataFrame({"index": np.arange(len(prob)), "predicted": [names[i] for i in best], "class_number": best + 1, "probability": prob.max(1) if len(prob) else []})
+    for c, name in enumerate(names):
+        table[f"p_{name}"] = prob[:, c]
+    for col in ("x", "y", "z", "border"):
+        if col in subtomos.meta:
+            table[col] = subtomos.meta[col].to_numpy()
+    table["checkpoint"] = source
+    table["seed"] = payload.get("seed", "")
+    return table
+
+
+def write_predictions(out_dir: str | os.PathLike[str], table: pd.DataFrame, tomo_name: str | None = None) -> list[Path]:
+    """Write ``predictions.csv`` and, when coordinates are known, ``predictions.star`` (RELION labels only:
+    rlnCoordinateX/Y/Z in tomogram voxels, rlnClassNumber 1-based, rlnMaxValueProbDistribution)."""
+    out = Path(out_dir)
+    written = [write_text_atomic(out / "predictions.csv", table.to_csv(index=False))]
+    if {"x", "y", "z"} <= set(table.columns):
+        import starfile
+
+        star = pd.DataFrame({
+            "rlnCoordinateX": table["x"], "rlnCoordinateY": table["y"], "rlnCoordinateZ": table["z"],
+            "rlnClassNumber": table["class_number"], "rlnMaxValueProbDistribution": table["probability"],
+        })
+        if tomo_name:
+            star.insert(0, "rlnTomoName", tomo_name)
+        written.append(write_text_atomic(out / "predictions.star", starfile.to_string({"particles": star})))
     return written

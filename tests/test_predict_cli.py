@@ -8,6 +8,7 @@ import mrcfile
 import numpy as np
 import pandas as pd
 import pytest
+import starfile
 import torch
 
 from cryonb.cli import main as cli_main
@@ -140,3 +141,62 @@ def test_subtomogram_folder_errors(tmp_path: Path) -> None:
     pd.read_csv(sub / "meta.csv").iloc[:3].to_csv(sub / "meta.csv", index=False)
     with pytest.raises(CryoNBError, match=r"meta\.csv has 3 rows but volumes\.npy holds 6 volumes"):
         load_subtomograms(sub)
+
+
+def _rb3d_checkpoint(path: Path, **overrides: object) -> Path:
+    from cryonb.models.rb3d import RB3D, RB3DConfig
+
+    torch.manual_seed(1)
+    cfg = RB3DConfig(n_classes=3, width=4, embedding_dim=8, dropout=0.0)
+    net = RB3D(cfg).eval()
+    payload = {"model_type": "rb3d", "model_config": dict(cfg.__dict__), "model": net.state_dict(),
+               "class_names": ["ribosome", "proteasome", "tric"], "box": BOX, "voxel_size_a": 10.0, "seed": 7}
+    payload.update(overrides)
+    torch.save(payload, path)
+    return path
+
+
+def test_classify_cli_writes_softmax_probabilities_csv_and_star(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    pytest.importorskip("cryonb.models.rb3d")
+    sub = _subtomos(tmp_path / "sub")
+    ckpt = _rb3d_checkpoint(tmp_path / "rb3d.pt")
+    assert cli_main(["classify", str(sub), "--checkpoint", str(ckpt), "--tomo-name", "TS_01"]) == 0
+    assert "classified 6 subtomograms" in capsys.readouterr().out
+    table = pd.read_csv(sub / "classify" / "predictions.csv")
+    probs = table[["p_ribosome", "p_proteasome", "p_tric"]].to_numpy()
+    np.testing.assert_allclose(probs.sum(1), 1.0, rtol=1e-5)
+    assert list(table["class_number"]) == list(probs.argmax(1) + 1)
+    np.testing.assert_allclose(table["probability"], probs.max(1), rtol=1e-6)
+    # Same numbers as the model itself on the same volumes.
+    from cryonb.models.rb3d import RB3D, RB3DConfig
+
+    payload = torch.load(ckpt, weights_only=True)
+    net = RB3D(RB3DConfig(**payload["model_config"]))
+    net.load_state_dict(payload["model"])
+    with torch.no_grad():
+        ref = torch.softmax(net.eval()(torch.from_numpy(np.load(sub / "volumes.npy"))[:, None]), 1).numpy()
+    np.testing.assert_allclose(probs, ref, atol=1e-5)
+    star = starfile.read(sub / "classify" / "predictions.star")
+    assert list(star["rlnClassNumber"]) == list(table["class_number"]) and set(star["rlnTomoName"]) == {"TS_01"}
+    np.testing.assert_allclose(star["rlnCoordinateX"], table["x"])
+
+
+def test_classify_rejects_other_model_version_and_mismatched_data(tmp_path: Path) -> None:
+    pytest.importorskip("cryonb.models.rb3d")
+    from cryonb.predict import classify_predict
+
+    subtomos = load_subtomograms(_subtomos(tmp_path / "sub"))
+    with pytest.raises(CryoNBError, match=r"cos\.pt: checkpoint of model 'cosnet', expected 'rb3d'; use `python -m cryonb oneshot`"):
+        classify_predict(_cosnet_checkpoint(tmp_path / "cos.pt"), subtomos)
+    with pytest.raises(CryoNBError, match=r"new\.pt: checkpoint format_version 7 is newer than this cryonb reads \(1\)"):
+        classify_predict(_rb3d_checkpoint(tmp_path / "new.pt", format_version=7), subtomos)
+    wide = _rb3d_checkpoint(tmp_path / "wide.pt")
+    payload = torch.load(wide, weights_only=True)
+    payload["model_config"]["width"] = 8  # weights no longer fit the architecture
+    torch.save(payload, wide)
+    with pytest.raises(CryoNBError, match=r"wide\.pt: RB3D checkpoint incompatible with this cryonb version.*size mismatch"):
+        classify_predict(wide, subtomos)
+    with pytest.raises(CryoNBError, match=r"box\.pt: classifier trained on 32³ boxes, the subtomograms are 16³; re-extract with --box 32"):
+        classify_predict(_rb3d_checkpoint(tmp_path / "box.pt", box=32), subtomos)
+    with pytest.raises(CryoNBError, match=r"vs\.pt: classifier trained at 13\.6 Å voxels, the subtomograms are 10 Å"):
+        classify_predict(_rb3d_checkpoint(tmp_path / "vs.pt", voxel_size_a=13.6), subtomos)

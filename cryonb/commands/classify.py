@@ -1,0 +1,38 @@
+"""Classify extracted subtomograms with a trained RB3D classifier; class probabilities to CSV and STAR.
+
+Example:
+    python -m cryonb extract TOMO.mrc picks.star --box 32 --voxel-size-a 10 -o subtomos/
+    python -m cryonb classify subtomos/ --checkpoint runs/quick/finetune/<run>.pt
+
+The checkpoint is a fine-tuned RB3D (a dict with `model`, `model_config`, and optionally `class_names`,
+`box`, `voxel_size_a`); box and voxel size, when recorded, must match the subtomograms.
+Writes OUT/predictions.csv (predicted class, softmax probability of every class, coordinates, border
+flag) and OUT/predictions.star (rlnCoordinateX/Y/Z, rlnClassNumber 1-based, rlnMaxValueProbDistribution).
+OUT defaults to SUBTOMOS/classify/.
+"""
+
+from __future__ import annotations
+
+import argparse
+from pathlib import Path
+
+from cryonb.predict import classify_predict, load_subtomograms, write_predictions
+
+
+def add_args(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument("subtomos", help="folder written by `python -m cryonb extract`")
+    parser.add_argument("--checkpoint", required=True, help="RB3D classifier checkpoint (.pt)")
+    parser.add_argument("-o", "--out", default=None, help="output folder (default: SUBTOMOS/classify)")
+    parser.add_argument("--tomo-name", default=None, help="rlnTomoName to write into predictions.star")
+    parser.add_argument("--batch-size", type=int, default=32)
+
+
+def main(args: argparse.Namespace) -> int:
+    subtomos = load_subtomograms(args.subtomos)
+    table = classify_predict(args.checkpoint, subtomos, batch_size=args.batch_size)
+    out = Path(args.out) if args.out else Path(args.subtomos) / "classify"
+    write_predictions(out, table, args.tomo_name)
+    counts = table["predicted"].value_counts()
+    summary = ", ".join(f"{name} {int(n)}" for name, n in counts.items())
+    print(f"classified {len(table)} subtomograms ({summary}) → {out / 'predictions.csv'}")
+    return 0
