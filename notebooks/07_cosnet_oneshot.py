@@ -55,6 +55,7 @@ base_channels = 4
 feature_dim = 128
 feature_pool = 2
 w_dice = 1.0
+rb3d_width = 16  # random-init RB3D baseline (CSSL-pretrained RB3D rows: see Further reading / notebook 03)
 match_head = "linear"  # the paper; or monotone (weights ≤ 0), see the training section
 
 # %%
@@ -69,6 +70,7 @@ import torch
 import cryonb
 import cryonb.nb
 from cryonb.models.cosnet import VARIANTS, COSNet, count_parameters
+from cryonb.models.rb3d import RB3D, RB3DConfig
 from cryonb.oneshot import TrainEpisodesConfig, cosnet_scorer, embed, ensure_cosnet, evaluate_episodes, load_cosnet, prototype_scorer
 from cryonb.simulate import cosnet_recipe, ensure_dataset
 
@@ -209,6 +211,14 @@ for s in snrs:
         for k in k_shots:
             row, _, _ = evaluate_episodes(prototype_scorer(vox, np.sort(unseen_pool)), labels, unseen_pool, w, k, n_episodes, seed + 1000 * w + k)
             rows.append({"method": "prototype on voxels", "snr": s, "train_n_way": 0, **row})
+    # random-init RB3D (paper 1's encoder), global-average-pooled features: what architecture alone gives
+    torch.manual_seed(seed)
+    rb3d = RB3D(RB3DConfig(width=rb3d_width, dropout=0.0)).eval()
+    with torch.no_grad():
+        rb_emb = torch.cat([rb3d.pool(rb3d.features(vox[i : i + 32].reshape(-1, 1, *datasets[s].volumes.shape[1:]))).flatten(1) for i in range(0, len(vox), 32)])
+    for w in n_ways:
+        row, _, _ = evaluate_episodes(prototype_scorer(rb_emb, np.sort(unseen_pool)), labels, unseen_pool, w, 1, n_episodes, seed + 1000 * w + 1)
+        rows.append({"method": "prototype on random RB3D features", "snr": s, "train_n_way": 0, **row})
     key = (main_variant, s, train_n_ways[0])
     if key in embeddings:
         for w in n_ways:
@@ -228,7 +238,7 @@ one["cell"] = one.apply(lambda r: f"{r.accuracy:.3f} [{r.ci_low:.3f}, {r.ci_high
 one["column"] = one.apply(lambda r: f"SNR {r.snr} · {r.n_way}-way", axis=1)
 order = [f"SNR {s} · {w}-way" for s in snrs for w in n_ways]
 table1 = one.pivot_table(index="method", columns="column", values="cell", aggfunc="first").reindex(columns=order)
-table1 = table1.reindex([m for m in [*variants, "prototype on voxels", f"prototype on {main_variant} embedding"] if m in table1.index]).reset_index()
+table1 = table1.reindex([m for m in [*variants, "prototype on voxels", "prototype on random RB3D features", f"prototype on {main_variant} embedding"] if m in table1.index]).reset_index()
 run.save_table(table1, "07_table1_accuracy", formats=("csv", "md"))
 table1
 
