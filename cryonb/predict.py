@@ -89,7 +89,7 @@ def load_subtomograms(folder: str | os.PathLike[str]) -> Subtomograms:
 
 def checkpoint_kind(payload: dict[str, Any]) -> str:
     """Which model a checkpoint holds: "cosnet", "rb3d" or the name it declares ("unknown" if none)."""
-    for key in ("model_type", "arch", "model_name", "kind"):
+    for key in ("model_type", "arch", "model_name", "kind", "model_class"):  # model_class: cryonb.train.fit
         value = payload.get(key)
         if isinstance(value, str):
             return value.lower().replace("-", "")
@@ -116,7 +116,11 @@ def load_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, An
         # weights_only: a checkpoint from someone else cannot run code when loaded.
         payload = torch.load(p, map_location="cpu", weights_only=True)
     except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise CryoNBError(f"{p}: not a readable cryonb checkpoint ({type(exc).__name__}: {str(exc)[:200]})") from exc
+        raise CryoNBError(
+            f"{p}: not a readable cryonb checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
+            "only model checkpoints (tensors and plain values, e.g. best.pt) are loaded, never a training "
+            "state holding Python objects (last.pt)"
+        ) from exc
     if not isinstance(payload, dict) or "model" not in payload:
         raise CryoNBError(f"{p}: not a cryonb checkpoint (expected a dict with a 'model' state dict)")
     version = payload.get("format_version", 1)
@@ -263,7 +267,7 @@ def _load_rb3d(payload: dict[str, Any], source: str) -> Any:
     # DDP checkpoints prefix every key with "module.".
     state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
     try:
-        net = RB3D(RB3DConfig(**payload["model_config"]))
+        net = RB3D(_rb3d_config(payload, state, RB3DConfig))
         net.load_state_dict(state)
     except (TypeError, KeyError, RuntimeError, CryoNBError) as exc:
         raise CryoNBError(
@@ -271,6 +275,19 @@ def _load_rb3d(payload: dict[str, Any], source: str) -> Any:
             "retrain or re-export it with this version"
         ) from exc
     return net.eval()
+
+
+def _rb3d_config(payload: dict[str, Any], state: dict[str, torch.Tensor], config_cls: Any) -> Any:
+    """The RB3DConfig recorded in the checkpoint, else read off the weights' shapes (cryonb.train's best.pt
+    stores only the state dict); dropout does not matter at inference."""
+    if "model_config" in payload:
+        return config_cls(**payload["model_config"])
+    return config_cls(
+        n_classes=int(state["classifier.weight"].shape[0]),
+        width=int(state["stem.0.weight"].shape[0]),
+        embedding_dim=int(state["embedding.0.weight"].shape[0]),
+        norm="batch" if any(k.endswith("running_mean") for k in state) else "none",
+    )
 
 
 def _class_names(payload: dict[str, Any], n_classes: int, source: str) -> list[str]:

@@ -20,6 +20,15 @@ from cryonb.predict import load_checkpoint, load_subtomograms, oneshot_predict, 
 BOX = 16
 
 
+@pytest.fixture(autouse=True)
+def _one_torch_thread() -> object:
+    """Tiny networks: OpenMP hand-offs cost more than they save (20x slower on a busy 2-core machine)."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)
+
+
 def _subtomos(folder: Path, n: int = 6, seed: int = 0) -> Path:
     """An extract-style folder: z-scored random volumes + meta.csv at 10 Å."""
     rng = np.random.default_rng(seed)
@@ -200,3 +209,26 @@ def test_classify_rejects_other_model_version_and_mismatched_data(tmp_path: Path
         classify_predict(_rb3d_checkpoint(tmp_path / "box.pt", box=32), subtomos)
     with pytest.raises(CryoNBError, match=r"vs\.pt: classifier trained at 13\.6 Å voxels, the subtomograms are 10 Å"):
         classify_predict(_rb3d_checkpoint(tmp_path / "vs.pt", voxel_size_a=13.6), subtomos)
+
+
+def test_classify_reads_a_train_fit_best_checkpoint(tmp_path: Path) -> None:
+    """cryonb.train.fit's best.pt holds only {"model", "epoch", "model_class"}: the config comes from the weights."""
+    pytest.importorskip("cryonb.models.rb3d")
+    from cryonb.predict import classify_predict
+
+    src = torch.load(_rb3d_checkpoint(tmp_path / "full.pt"), weights_only=True)
+    best = tmp_path / "best.pt"
+    torch.save({"model": src["model"], "epoch": 3, "model_class": "RB3D"}, best)
+    subtomos = load_subtomograms(_subtomos(tmp_path / "sub"))
+    table = classify_predict(best, subtomos)
+    full = classify_predict(tmp_path / "full.pt", subtomos)
+    np.testing.assert_allclose(table[["p_class_0", "p_class_1", "p_class_2"]].to_numpy(),
+                               full[["p_ribosome", "p_proteasome", "p_tric"]].to_numpy(), atol=1e-6)
+    state = tmp_path / "last.pt"
+    torch.save({"model": src["model"], "history": object.__new__(FakeHistory)}, state)
+    with pytest.raises(CryoNBError, match=r"last\.pt: not a readable cryonb checkpoint.*never a training state"):
+        classify_predict(state, subtomos)
+
+
+class FakeHistory:
+    """Stands in for cryonb.train.History: a Python object that weights_only loading refuses."""
