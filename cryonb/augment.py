@@ -1,0 +1,123 @@
+"""The CSSL paper's augmentation, batched: random resized crop and random affine, fused in one resampling.
+
+Per sample, with probability ``p_crop`` a box of volume fraction ``scale ∈ crop_scale`` is cropped and resized
+back to the input size; with probability ``p_affine`` a rotation about z (``rotation_deg``), a translation
+along x and y (``translate_fraction`` of the size) and an isotropic scaling (``scale_range``) are applied. Both
+are affine maps of the sampling grid, so they compose into one matrix and one ``grid_sample`` call; samples
+that draw neither are copied untouched (no interpolation blur, no cost).
+
+NOTE: grid_sample's coordinates are (x, y, z) in [-1, 1] for a (batch, 1, z, y, x) tensor.
+"""
+
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+
+from cryonb.errors import CryoNBError
+
+__all__ = ["AugmentConfig", "sample_transforms", "augment", "two_views"]
+
+
+@dataclass(frozen=True)
+class AugmentConfig:
+    p_crop: float = 0.5
+    crop_scale: tuple[float, float] = (0.5, 1.0)
+    p_affine: float = 0.5
+    rotation_deg: float = 45.0
+    translate_fraction: float = 0.1
+    scale_range: tuple[float, float] = (0.9, 1.1)
+    full_so3: bool = False  # beyond the paper: uniform random 3-D rotation instead of z only
+    intensity_jitter: float = 0.0  # beyond the paper: std of a random gain and offset
+
+    def __post_init__(self) -> None:
+        for name in ("p_crop", "p_affine"):
+            if not 0 <= getattr(self, name) <= 1:
+                raise CryoNBError(f"augment {name} must be in [0, 1], got {getattr(self, name)}")
+        lo, hi = self.crop_scale
+        if not 0 < lo <= hi <= 1:
+            raise CryoNBError(f"augment crop_scale must satisfy 0 < low ≤ high ≤ 1, got {self.crop_scale}")
+
+
+def _rotation_z(angle: torch.Tensor) -> torch.Tensor:
+    c, s = torch.cos(angle), torch.sin(angle)
+    rot = torch.zeros(angle.shape[0], 3, 3)
+    rot[:, 0, 0], rot[:, 0, 1], rot[:, 1, 0], rot[:, 1, 1], rot[:, 2, 2] = c, -s, s, c, 1.0
+    return rot
+
+
+def _random_so3(n: int, generator: torch.Generator) -> torch.Tensor:
+    q = torch.randn(n, 4, generator=generator)
+    q = q / q.norm(dim=1, keepdim=True)
+    w, x, y, z = q.unbind(1)
+    return torch.stack([
+        1 - 2 * (y * y + z * z), 2 * (x * y - z * w), 2 * (x * z + y * w),
+        2 * (x * y + z * w), 1 - 2 * (x * x + z * z), 2 * (y * z - x * w),
+        2 * (x * z - y * w), 2 * (y * z + x * w), 1 - 2 * (x * x + y * y),
+    ], dim=1).reshape(n, 3, 3)
+
+
+def sample_transforms(n: int, cfg: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Draw ``n`` transforms.
+
+    Returns ``theta`` (n, 3, 4) output→input maps in grid_sample's (x, y, z) coordinates, a bool mask of
+    the samples that are transformed at all, and the crop volume fractions (1 where no crop was drawn).
+    """
+    u = lambda lo, hi: lo + (hi - lo) * torch.rand(n, generator=generator)  # noqa: E731
+    do_crop = torch.rand(n, generator=generator) < cfg.p_crop
+    do_affine = torch.rand(n, generator=generator) < cfg.p_affine
+    # crop: side fraction = volume fraction^(1/3); the box stays inside the volume
+    volume_fraction = torch.where(do_crop, u(*cfg.crop_scale), torch.ones(n))
+    side = volume_fraction ** (1 / 3)
+    centre = (torch.rand(n, 3, generator=generator) * 2 - 1) * (1 - side)[:, None]
+    crop = torch.zeros(n, 3, 4)
+    crop[:, :, :3] = torch.diag_embed(side[:, None].expand(n, 3))
+    crop[:, :, 3] = centre * do_crop[:, None]
+    # affine: rotation about z (or SO(3)), shift in x and y, isotropic scale; inverse map for sampling
+    if cfg.full_so3:
+        rot = _random_so3(n, generator)
+    else:
+        rot = _rotation_z(u(-cfg.rotation_deg, cfg.rotation_deg) * math.pi / 180)
+    scale = u(*cfg.scale_range)
+    shift = torch.zeros(n, 3)
+    shift[:, 0] = u(-cfg.translate_fraction, cfg.translate_fraction)
+    shift[:, 1] = u(-cfg.translate_fraction, cfg.translate_fraction)
+    shift = shift * 2  # fraction of the size → normalised [-1, 1] units
+    inv = rot.transpose(1, 2) / scale[:, None, None]
+    affine = torch.zeros(n, 3, 4)
+    affine[:, :, :3] = inv
+    affine[:, :, 3] = -(inv @ shift[:, :, None]).squeeze(2)
+    identity = torch.eye(3, 4).expand(n, 3, 4)
+    affine = torch.where(do_affine[:, None, None], affine, identity)
+    # compose: output → affine → crop box → input
+    theta = crop[:, :, :3] @ affine
+    theta[:, :, 3] += crop[:, :, 3]
+    return theta, do_crop | do_affine, volume_fraction
+
+
+def augment(volumes: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
+    """Augmented copies of ``volumes`` ``(batch, 1, z, y, x)``, one independent draw per sample."""
+    if volumes.ndim != 5:
+        raise CryoNBError(f"augment expects (batch, 1, z, y, x), got shape {tuple(volumes.shape)}")
+    n = volumes.shape[0]
+    theta, moved, _ = sample_transforms(n, cfg, generator)
+    out = volumes.clone()
+    idx = torch.nonzero(moved).flatten()
+    if len(idx):
+        sub = volumes[idx]
+        grid = F.affine_grid(theta[idx].to(sub.dtype).to(sub.device), list(sub.shape), align_corners=False)
+        # border padding: cryo-ET has no zero background; repeating the edge avoids a fake boundary
+        out[idx] = F.grid_sample(sub, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    if cfg.intensity_jitter > 0:
+        gain = 1 + cfg.intensity_jitter * torch.randn(n, 1, 1, 1, 1, generator=generator)
+        offset = cfg.intensity_jitter * torch.randn(n, 1, 1, 1, 1, generator=generator)
+        out = out * gain.to(out.device) + offset.to(out.device)
+    return out
+
+
+def two_views(volumes: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> tuple[torch.Tensor, torch.Tensor]:
+    """A positive pair: two independent augmentations of the same batch."""
+    return augment(volumes, cfg, generator), augment(volumes, cfg, generator)

@@ -1,0 +1,105 @@
+"""RB3D: the 3-D residual classifier of Che et al. 2018, the encoder of the CSSL paper.
+
+Conv3d 3³ + ReLU → MaxPool (3³, stride 2) → four residual blocks (a 3³ shortcut convolution beside a
+1³→3³→1³ bottleneck, concatenated) → global average pooling → embedding (FC + ReLU + dropout) → linear
+classifier. ``encode`` returns the embedding, ``classifier`` is a separate handle, so the SSL heads and
+fine-tuning share one encoder.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass
+
+import torch
+from torch import nn
+
+from cryonb.errors import CryoNBError
+
+__all__ = ["RB3DConfig", "RB3D", "count_parameters"]
+
+
+@dataclass(frozen=True)
+class RB3DConfig:
+    n_classes: int = 10
+    width: int = 32
+    embedding_dim: int = 1024
+    norm: str = "batch"  # "batch" | "none"
+    dropout: float = 0.5
+
+    def __post_init__(self) -> None:
+        if self.width < 4 or self.width % 4:
+            raise CryoNBError(f"RB3D width must be a multiple of 4 and ≥ 4, got {self.width}")
+        if self.norm not in ("batch", "none"):
+            raise CryoNBError(f"RB3D norm must be 'batch' or 'none', got {self.norm!r}")
+        if not 0 <= self.dropout < 1:
+            raise CryoNBError(f"RB3D dropout must be in [0, 1), got {self.dropout}")
+
+
+def _norm(kind: str, channels: int) -> nn.Module:
+    return nn.BatchNorm3d(channels) if kind == "batch" else nn.Identity()
+
+
+class ResidualBlock3d(nn.Module):
+    """A 3³ shortcut convolution beside a 1³→3³→1³ bottleneck, concatenated along channels."""
+
+    def __init__(self, in_channels: int, out_channels: int, norm: str) -> None:
+        super().__init__()
+        half, neck = out_channels // 2, out_channels // 4
+        self.shortcut = nn.Sequential(nn.Conv3d(in_channels, half, 3, padding=1), _norm(norm, half))
+        self.bottleneck = nn.Sequential(
+            nn.Conv3d(in_channels, neck, 1), _norm(norm, neck), nn.ReLU(inplace=True),
+            nn.Conv3d(neck, neck, 3, padding=1), _norm(norm, neck), nn.ReLU(inplace=True),
+            nn.Conv3d(neck, half, 1), _norm(norm, half),
+        )
+        self.act = nn.ReLU()
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.act(torch.cat([self.shortcut(x), self.bottleneck(x)], dim=1))
+
+
+class RB3D(nn.Module):
+    """RB3D classifier.
+
+    Input ``(batch, 1, z, y, x)``; ``encode`` → ``(batch, embedding_dim)``; ``forward`` → ``(batch, n_classes)`` logits.
+    """
+
+    def __init__(self, config: RB3DConfig | None = None) -> None:
+        super().__init__()
+        self.config = config or RB3DConfig()
+        c = self.config
+        self.stem = nn.Sequential(nn.Conv3d(1, c.width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool3d(3, stride=2, padding=1))
+        self.blocks = nn.Sequential(*[ResidualBlock3d(c.width, c.width, c.norm) for _ in range(4)])
+        self.pool = nn.AdaptiveAvgPool3d(1)
+        self.embedding = nn.Sequential(nn.Linear(c.width, c.embedding_dim), nn.ReLU(inplace=True), nn.Dropout(c.dropout))
+        self.classifier = nn.Linear(c.embedding_dim, c.n_classes)
+
+    @property
+    def last_conv(self) -> nn.Conv3d:
+        """The last Conv3d before pooling (Grad-CAM's layer): the final block's shortcut convolution."""
+        return self.blocks[-1].shortcut[0]
+
+    def features(self, x: torch.Tensor) -> torch.Tensor:
+        """Feature maps before pooling, ``(batch, width, z/2, y/2, x/2)``."""
+        if x.ndim != 5 or x.shape[1] != 1:
+            raise CryoNBError(f"RB3D expects (batch, 1, z, y, x) input, got shape {tuple(x.shape)}")
+        return self.blocks(self.stem(x))
+
+    def encode(self, x: torch.Tensor) -> torch.Tensor:
+        return self.embedding(self.pool(self.features(x)).flatten(1))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.encode(x))
+
+    def encoder_state(self) -> dict[str, torch.Tensor]:
+        """Weights of everything but the classifier: what pre-training hands to fine-tuning."""
+        return {k: v for k, v in self.state_dict().items() if not k.startswith("classifier.")}
+
+    def load_encoder_state(self, state: dict[str, torch.Tensor]) -> None:
+        missing, unexpected = self.load_state_dict(state, strict=False)
+        bad = [m for m in missing if not m.startswith("classifier.")]
+        if bad or unexpected:
+            raise CryoNBError(f"encoder weights do not fit this RB3D ({asdict(self.config)}): missing {bad[:3]}, unexpected {unexpected[:3]}")
+
+
+def count_parameters(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())

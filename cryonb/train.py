@@ -1,0 +1,230 @@
+"""One training loop for every model in the project: AMP, atomic checkpoints, resume, DDP, NaN guard, logs.
+
+Usage::
+
+    cfg = TrainConfig(epochs=50, lr=5e-4, optimizer="sgd", scheduler="cosine", checkpoint_dir=Path("runs/x"))
+    history = fit(model, loss_fn, train_batches, cfg, validate=validate, select_metric="val_acc")
+
+- ``loss_fn(model, batch) -> dict`` with a scalar tensor ``"loss"`` (other entries are logged as floats).
+- ``train_batches(epoch, generator) -> Iterable[batch]``: the generator is seeded from ``cfg.seed`` and the
+  epoch, so a resumed run sees exactly the batches an uninterrupted run would.
+- ``validate(model) -> dict[str, float]`` after each epoch; with ``select_metric`` the best model's weights
+  are kept (``history.best_state``) and written to ``best.pt``.
+- ``on_step_end(model, batch, outputs)`` runs after each optimiser step (MoCo's momentum update and queue).
+
+A checkpoint (``last.pt``) is written atomically after each epoch with model, optimiser, scheduler, AMP scaler,
+epoch and history; ``fit`` resumes from it. On CUDA, AMP is on by default; with ``torchrun`` (``WORLD_SIZE`` > 1)
+the model is wrapped in DistributedDataParallel, batches are sharded by rank and only rank 0 writes.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import math
+import os
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from cryonb.errors import CryoNBError
+from cryonb.io import atomic_path
+from cryonb.nb import pick_device
+
+__all__ = ["TrainConfig", "History", "fit", "load_checkpoint", "move_batch"]
+
+Batch = Any
+LossFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
+
+
+@dataclass
+class TrainConfig:
+    epochs: int = 10
+    batch_size: int = 16
+    lr: float = 1e-4
+    weight_decay: float = 1e-4
+    optimizer: str = "adam"  # "adam" | "sgd"
+    momentum: float = 0.9
+    betas: tuple[float, float] = (0.9, 0.999)
+    scheduler: str | None = None  # None | "cosine"
+    amp: bool = True  # used on CUDA only
+    device: str = "auto"
+    seed: int = 0
+    checkpoint_dir: Path | None = None
+    progress: bool = True
+
+    def __post_init__(self) -> None:
+        if self.epochs < 1 or self.batch_size < 1:
+            raise CryoNBError(f"epochs and batch_size must be ≥ 1, got {self.epochs} and {self.batch_size}")
+        if not self.lr > 0:
+            raise CryoNBError(f"lr must be > 0, got {self.lr}")
+        if self.optimizer not in ("adam", "sgd"):
+            raise CryoNBError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+        if self.scheduler not in (None, "cosine"):
+            raise CryoNBError(f"scheduler must be null or 'cosine', got {self.scheduler!r}")
+        self.betas = tuple(self.betas)  # type: ignore[assignment]
+        if self.checkpoint_dir is not None:
+            self.checkpoint_dir = Path(self.checkpoint_dir)
+
+
+@dataclass
+class History:
+    epochs: list[dict[str, float]] = field(default_factory=list)
+    best_epoch: int | None = None
+    best_value: float | None = None
+    best_state: dict[str, torch.Tensor] | None = None
+
+    def column(self, key: str) -> list[float]:
+        return [e[key] for e in self.epochs if key in e]
+
+
+def _dist_info() -> tuple[int, int]:
+    world = int(os.environ.get("WORLD_SIZE", "1"))
+    if world > 1 and not torch.distributed.is_initialized():
+        backend = "nccl" if torch.cuda.is_available() else "gloo"
+        torch.distributed.init_process_group(backend)
+    rank = torch.distributed.get_rank() if world > 1 else 0
+    return world, rank
+
+
+def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
+    params = [p for p in model.parameters() if p.requires_grad]
+    if cfg.optimizer == "sgd":
+        return torch.optim.SGD(params, lr=cfg.lr, momentum=cfg.momentum, weight_decay=cfg.weight_decay)
+    return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
+
+
+def move_batch(batch: Batch, device: torch.device) -> Batch:
+    if isinstance(batch, torch.Tensor):
+        return batch.to(device, non_blocking=True)
+    if isinstance(batch, (list, tuple)):
+        return type(batch)(move_batch(b, device) for b in batch)
+    if isinstance(batch, dict):
+        return {k: move_batch(v, device) for k, v in batch.items()}
+    return batch
+
+
+def load_checkpoint(path: Path) -> dict[str, Any]:
+    """Load a checkpoint written by :func:`fit`, with a clear error for a missing or foreign file."""
+    if not Path(path).is_file():
+        raise CryoNBError(f"{path}: no such checkpoint")
+    try:
+        ckpt = torch.load(path, map_location="cpu", weights_only=False)
+    except Exception as exc:  # torch raises several types for a corrupt file
+        raise CryoNBError(f"{path}: not a readable torch checkpoint ({exc})") from exc
+    if not isinstance(ckpt, dict) or "model" not in ckpt:
+        raise CryoNBError(f"{path}: not a cryonb checkpoint (no 'model' entry)")
+    return ckpt
+
+
+def _save(path: Path, state: dict[str, Any]) -> None:
+    with atomic_path(path) as tmp:
+        torch.save(state, tmp)
+
+
+def fit(
+    model: nn.Module,
+    loss_fn: LossFn,
+    train_batches: Callable[[int, torch.Generator], Iterable[Batch]],
+    cfg: TrainConfig,
+    *,
+    validate: Callable[[nn.Module], dict[str, float]] | None = None,
+    select_metric: str | None = None,
+    on_step_end: Callable[[nn.Module, Batch, dict[str, torch.Tensor]], None] | None = None,
+) -> History:
+    """Train ``model`` in place; see the module docstring. Returns the :class:`History`."""
+    world, rank = _dist_info()
+    device = pick_device(cfg.device)
+    if world > 1 and device.type == "cuda":
+        device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
+    model.to(device)
+    net: nn.Module = nn.parallel.DistributedDataParallel(model) if world > 1 else model
+    optimizer = _optimizer(model, cfg)
+    scheduler = torch.optim.lr_scheduler.CosineAnnealingLR(optimizer, T_max=cfg.epochs) if cfg.scheduler == "cosine" else None
+    use_amp = cfg.amp and device.type == "cuda"
+    scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
+    history = History()
+    start_epoch = 0
+    last = cfg.checkpoint_dir / "last.pt" if cfg.checkpoint_dir else None
+    if last is not None and last.is_file():
+        ckpt = load_checkpoint(last)
+        model.load_state_dict(ckpt["model"])
+        optimizer.load_state_dict(ckpt["optimizer"])
+        if scheduler is not None and ckpt.get("scheduler"):
+            scheduler.load_state_dict(ckpt["scheduler"])
+        scaler.load_state_dict(ckpt["scaler"])
+        history = ckpt["history"]
+        start_epoch = ckpt["epoch"] + 1
+    for epoch in range(start_epoch, cfg.epochs):
+        # per-epoch seeds: resuming at any epoch reproduces the uninterrupted run exactly
+        torch.manual_seed(cfg.seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        net.train()
+        sums: dict[str, float] = {}
+        n_steps = 0
+        t0 = time.perf_counter()
+        batches = train_batches(epoch, generator)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank != 0, leave=False)
+        for step, batch in enumerate(bar):
+            if world > 1 and step % world != rank:
+                continue
+            batch = move_batch(batch, device)
+            with torch.autocast(device_type=device.type, dtype=torch.float16, enabled=use_amp):
+                outputs = loss_fn(net, batch)
+            loss = outputs["loss"]
+            if not torch.isfinite(loss):
+                where = f"; last good checkpoint kept at {last}" if last is not None and last.is_file() else ""
+                raise CryoNBError(f"epoch {epoch + 1} step {step + 1}: loss is {loss.item()} (not finite){where}; lower the learning rate or check the inputs")
+            optimizer.zero_grad(set_to_none=True)
+            scaler.scale(loss).backward()
+            scaler.step(optimizer)
+            scaler.update()
+            if on_step_end is not None:
+                on_step_end(model, batch, outputs)
+            for k, v in outputs.items():
+                sums[k] = sums.get(k, 0.0) + float(v.detach())
+            n_steps += 1
+            bar.set_postfix(loss=f"{float(loss.detach()):.4f}")
+        if scheduler is not None:
+            scheduler.step()
+        record: dict[str, float] = {"epoch": epoch + 1, "wall_s": time.perf_counter() - t0, "lr": optimizer.param_groups[0]["lr"]}
+        record.update({k: v / max(n_steps, 1) for k, v in sums.items()})
+        if validate is not None:
+            net.eval()
+            with torch.no_grad():
+                record.update(validate(model))
+        history.epochs.append(record)
+        if select_metric is not None:
+            value = record[select_metric]
+            if history.best_value is None or value > history.best_value:
+                history.best_value, history.best_epoch = value, epoch + 1
+                history.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
+        if rank == 0 and cfg.checkpoint_dir is not None:
+            _write_epoch(cfg, model, optimizer, scheduler, scaler, history, epoch)
+    return history
+
+
+def _write_epoch(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, history: History, epoch: int) -> None:
+    assert cfg.checkpoint_dir is not None
+    cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
+    state = {
+        "model": model.state_dict(),
+        "optimizer": optimizer.state_dict(),
+        "scheduler": scheduler.state_dict() if scheduler is not None else None,
+        "scaler": scaler.state_dict(),
+        "epoch": epoch,
+        "history": history,
+        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
+        "model_class": type(model).__name__,
+    }
+    _save(cfg.checkpoint_dir / "last.pt", state)
+    if history.best_epoch == epoch + 1 and history.best_state is not None:
+        _save(cfg.checkpoint_dir / "best.pt", {"model": history.best_state, "epoch": epoch, "model_class": type(model).__name__})
+    with open(cfg.checkpoint_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        fh.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in history.epochs[-1].items()}) + "\n")
