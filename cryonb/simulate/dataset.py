@@ -54,7 +54,7 @@ __all__ = [
 #: pre-trained on the CSSL classes has never seen them either. The paper used 22 classes (14 seen,
 #: 8 unseen), not all public; we have 15 (10 seen, 5 unseen).
 COSNET_UNSEEN_CLASSES: tuple[str, ...] = ("1w6t", "2bo9", "2gho", "3d2f", "3h84")
-_FORMAT_VERSION = 1
+_FORMAT_VERSION = 2  # bump when the simulator changes what a recipe produces
 
 
 @dataclass(frozen=True)
@@ -314,7 +314,9 @@ def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_work
         for ch in chunks:
             store(_run_chunk(ch))
     else:
-        ctx = mp.get_context("spawn")  # fork after torch/OpenMP use can deadlock
+        # fork: no re-import of __main__ (scripts need no guard) and instant start; children run
+        # torch single-threaded, so they never enter an OpenMP region inherited from the parent
+        ctx = mp.get_context("fork")
         with ctx.Pool(workers, initializer=_init_worker, initargs=(recipe.to_dict(), maps)) as pool:
             for result in pool.imap(_run_chunk, chunks):
                 store(result)
