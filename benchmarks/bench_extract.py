@@ -19,7 +19,8 @@ Reported: subtomograms/s of each and their ratio (cryonb / plain; the issue's ta
 end-to-end ``extract_subtomograms`` time to disk, and peak memory: tracemalloc's peak of Python/NumPy
 heap allocations (a memory map's pages are not allocations) and the process's max resident set size
 (which also counts the tomogram's file pages a memory map touched; they are page cache, reclaimable).
-Timings are the best of ``--repeat`` runs with the file hot in the page cache for both.
+Timings are the best of ``--repeat`` runs with the file hot in the page cache for both; CPU seconds
+(``time.process_time``, all threads) are printed too, as wall time on a shared machine is noisy.
 """
 
 from __future__ import annotations
@@ -110,9 +111,9 @@ def _worker(args: argparse.Namespace) -> None:
             torch.set_num_threads(args.threads)
     if args.trace:
         tracemalloc.start()
-    times = []
+    times, cpu = [], []
     for _ in range(1 if args.trace else args.repeat):
-        t0 = time.perf_counter()
+        t0, c0 = time.perf_counter(), time.process_time()
         if args.worker == "plain":
             result = _plain(tomo, coords, crop)
             n = len(result)
@@ -125,11 +126,12 @@ def _worker(args: argparse.Namespace) -> None:
         else:
             n = _ours_to_disk(tomo, coords, args.box, args.voxel_size_a, Path(args.out_dir))
         times.append(time.perf_counter() - t0)
+        cpu.append(time.process_time() - c0)  # all threads' CPU seconds: steadier than wall time on a busy machine
         assert args.worker == "disk" or np.isfinite(result).all()
         result = None  # free before the next repeat
     peak = tracemalloc.get_traced_memory()[1] if args.trace else None
     maxrss_mb = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024  # Linux: KiB
-    print(json.dumps({"n": n, "seconds": min(times), "trace_peak_mb": peak and peak / 2**20, "maxrss_mb": maxrss_mb}))
+    print(json.dumps({"n": n, "seconds": min(times), "cpu_seconds": min(cpu), "trace_peak_mb": peak and peak / 2**20, "maxrss_mb": maxrss_mb}))
 
 
 def _run(
@@ -193,6 +195,10 @@ def main() -> None:
     print(f"ratio cryonb / plain slicing: {rate['ours'] / rate['plain']:.2f}x (issue target >= 1x); "
           f"cryonb / plain + numpy.fft rescale (same output): {rate['ours'] / rate['plain_rs']:.2f}x")
     out_mb = args.n * args.box**3 * 4 / 2**20
+    cpu_ms = {k: 1e3 * v["cpu_seconds"] / v["n"] for k, v in (("plain", plain), ("plain_rs", plain_rs), ("ours", ours), ("disk", disk))}
+    print(f"CPU ms per subtomogram (all threads): plain {cpu_ms['plain']:.2f}, plain + numpy.fft {cpu_ms['plain_rs']:.2f}, "
+          f"cryonb {cpu_ms['ours']:.2f}, cryonb to disk {cpu_ms['disk']:.2f}; "
+          f"CPU-time ratio plain / cryonb {cpu_ms['plain'] / cpu_ms['ours']:.2f}x")
     print(f"peak heap (tracemalloc): plain {plain_mem['trace_peak_mb']:.0f} MiB, cryonb {ours_mem['trace_peak_mb']:.0f} MiB "
           f"(of which {out_mb:.0f} MiB is the output array), to disk {disk_mem['trace_peak_mb']:.0f} MiB; tomogram {mb:.0f} MiB")
     print(f"max RSS: plain {plain_mem['maxrss_mb']:.0f} MiB, cryonb {ours_mem['maxrss_mb']:.0f} MiB, "

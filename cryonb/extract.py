@@ -455,8 +455,12 @@ def extract_boxes(
     batch = max(1, _BATCH_BYTES // (4 * crop**3))
     data = np.asarray(data)  # a plain view of a memmap: slicing skips np.memmap's per-slice bookkeeping
     ranges = [(b0, min(n, b0 + batch)) for b0 in range(0, n, batch)]
-    # One reader thread fetches the next batch's crops while torch rescales this one.
-    with ThreadPoolExecutor(max_workers=1) as reader:
+    # One reader thread fetches the next batch's crops while torch rescales this one; torch gets the
+    # other cores (oversubscribed OpenMP threads spin and slow everything down several-fold).
+    threads = torch.get_num_threads()
+    torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - 1)))
+    with contextlib.ExitStack() as restore, ThreadPoolExecutor(max_workers=1) as reader:
+        restore.callback(torch.set_num_threads, threads)
         pending = reader.submit(_read_crops, data, starts[: ranges[0][1]], crop) if ranges else None
         for k, (b0, b1) in enumerate(tqdm(ranges, desc="extract", unit="batch", disable=not progress)):
             assert pending is not None
