@@ -40,10 +40,13 @@ __all__ = [
 
 
 def last_conv3d(model: nn.Module) -> nn.Conv3d:
-    """The last ``nn.Conv3d`` in ``model.modules()`` order (the Grad-CAM layer of the paper's figure).
+    """The model's ``last_conv`` if it names one (RB3D does), else the last ``nn.Conv3d`` in ``modules()`` order.
 
     Raises :class:`CryoNBError` when the model has none.
     """
+    named = getattr(model, "last_conv", None)
+    if isinstance(named, nn.Conv3d):
+        return named
     convs = [m for m in model.modules() if isinstance(m, nn.Conv3d)]
     if not convs:
         raise CryoNBError(f"{type(model).__name__}: no nn.Conv3d layer for Grad-CAM; pass layer= explicitly")
