@@ -153,7 +153,7 @@ def _measure_filters(config: SimulationConfig) -> tuple[np.ndarray, np.ndarray]:
 
 
 @lru_cache(maxsize=4)
-def _filters_cached(config_json: str) -> tuple[torch.Tensor, torch.Tensor]:
+def _filters_cached(config_json: str) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     config = SimulationConfig.from_dict(json.loads(config_json))
     path = cache_dir() / "transfer" / f"wedge-{_geometry_key(config)}.npz"
     if path.is_file():
@@ -164,12 +164,13 @@ def _filters_cached(config_json: str) -> tuple[torch.Tensor, torch.Tensor]:
         with atomic_path(path) as tmp:
             with open(tmp, "wb") as fh:
                 np.savez(fh, a=a, g=g)
-    return torch.as_tensor(a), torch.as_tensor(g)
+    return torch.as_tensor(a), torch.as_tensor(g), torch.sqrt(torch.as_tensor(g))
 
 
 def fast_filters(config: SimulationConfig) -> tuple[torch.Tensor, torch.Tensor]:
     """(A, G): rfft-layout (s, s, s//2+1) geometric transfer and noise power of the tilt scheme."""
-    return _filters_cached(json.dumps(config.to_dict(), sort_keys=True))
+    a, g, _ = _filters_cached(json.dumps(config.to_dict(), sort_keys=True))
+    return a, g
 
 
 @lru_cache(maxsize=8)
@@ -189,7 +190,7 @@ def simulate_fast(scene: np.ndarray, defocus_um: float, snr: float, config: Simu
     and gathered; no fftshift is needed because a circular convolution commutes with the shift.
     """
     s = scene.shape[0]
-    a, g = fast_filters(config)
+    a, g, sqrt_g = _filters_cached(json.dumps(config.to_dict(), sort_keys=True))
     idx, k_table = _radial_index(s, config.voxel_size_a, 4096)
     h = a * transfer_of_k(k_table, defocus_um, config).to(torch.float32)[idx]
     vol = torch.as_tensor(scene, dtype=torch.float32)
@@ -198,8 +199,8 @@ def simulate_fast(scene: np.ndarray, defocus_um: float, snr: float, config: Simu
     if math.isinf(snr):
         return combine_at_snr(signal, signal, snr)
     # white noise drawn directly in Fourier space (complex normal per rfft bin) saves one FFT
-    white = rng.standard_normal((2,) + tuple(g.shape)).astype(np.float32)
-    spec = torch.complex(torch.as_tensor(white[0]), torch.as_tensor(white[1]))
-    amp = torch.sqrt(g) * mtf_of_k(k_table, config).to(torch.float32)[idx]
+    white = torch.from_numpy(rng.standard_normal((2,) + tuple(g.shape), dtype=np.float32))
+    spec = torch.complex(white[0], white[1])
+    amp = sqrt_g * mtf_of_k(k_table, config).to(torch.float32)[idx]
     noise = crop_center(torch.fft.irfftn(spec * amp, s=(s, s, s)), config.crop_size)
     return combine_at_snr(signal, noise, snr)
