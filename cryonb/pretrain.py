@@ -26,7 +26,7 @@ from cryonb.models.rb3d import RB3D, RB3DConfig
 from cryonb.ssl import METHODS, MoCo, SimCLR, SwAV
 from cryonb.train import History, TrainConfig, fit, load_checkpoint
 
-__all__ = ["PretrainConfig", "build_ssl", "ensure_pretrained", "load_encoder", "random_encoder", "embed", "knn_accuracy", "embedding_std"]
+__all__ = ["PretrainConfig", "build_ssl", "ensure_pretrained", "load_encoder", "random_encoder", "embed", "knn_accuracy", "embedding_std", "standardise"]
 
 
 @dataclass
@@ -153,10 +153,25 @@ def embed(encoder: RB3D, volumes: np.ndarray, index: np.ndarray, batch_size: int
     return np.concatenate(out)
 
 
+def standardise(train_emb: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:
+    """Z-score every dimension with the training embeddings' mean and std.
+
+    Globally pooled features of z-scored noisy subtomograms share a large common offset (the mean
+    activation), and cosine similarity on raw features would see mostly that offset; removing it per
+    dimension lets the probe see what differs between particles. Shapes ``(n, d)`` in and out.
+    """
+    mean, std = train_emb.mean(0, keepdims=True), train_emb.std(0, keepdims=True) + 1e-12
+    return [(e - mean) / std for e in (train_emb, *others)]
+
+
 def knn_accuracy(train_emb: np.ndarray, train_labels: np.ndarray, test_emb: np.ndarray, test_labels: np.ndarray, k: int = 5) -> float:
-    """Accuracy of a cosine k-NN majority vote: how well the frozen embedding separates classes."""
-    a = F.normalize(torch.as_tensor(train_emb), dim=1)
-    b = F.normalize(torch.as_tensor(test_emb), dim=1)
+    """Accuracy of a cosine k-NN majority vote on standardised embeddings ``(n, d)``.
+
+    The embeddings are z-scored per dimension with the training set's statistics first (see ``standardise``).
+    """
+    train_z, test_z = standardise(np.asarray(train_emb, dtype=np.float64), np.asarray(test_emb, dtype=np.float64))
+    a = F.normalize(torch.as_tensor(train_z), dim=1)
+    b = F.normalize(torch.as_tensor(test_z), dim=1)
     nearest = (b @ a.T).topk(min(k, len(a)), dim=1).indices.numpy()
     votes = np.asarray(train_labels)[nearest]
     predicted = np.array([np.bincount(v).argmax() for v in votes])

@@ -126,3 +126,18 @@ def test_knn_and_collapse_signals() -> None:
     assert knn_accuracy(emb[::2], labels[::2], emb[1::2], labels[1::2]) > 0.95
     assert embedding_std(emb) > 0.1
     assert embedding_std(np.ones((60, 16)) + 1e-6 * rng.normal(size=(60, 16))) < 1e-3
+
+
+def test_knn_sees_past_a_common_offset() -> None:
+    """Pooled features share a large offset; per-dimension z-scoring must let the k-NN see the class signal."""
+    from cryonb.pretrain import standardise
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 30)
+    centres = rng.normal(size=(4, 8))
+    emb = 1000.0 + 0.01 * centres[labels] + 0.001 * rng.normal(size=(120, 8))
+    assert knn_accuracy(emb[::2], labels[::2], emb[1::2], labels[1::2]) > 0.95
+    train_z, test_z = standardise(emb[::2], emb[1::2])
+    np.testing.assert_allclose(train_z.mean(0), 0, atol=1e-6)
+    np.testing.assert_allclose(train_z.std(0), 1, atol=1e-6)
+    assert abs(test_z.mean()) < 0.5
