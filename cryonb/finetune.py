@@ -43,6 +43,7 @@ __all__ = [
     "RUN_COLUMNS",
     "finetune_run",
     "sweep",
+    "sweep_from_params",
     "run_dir",
     "load_finetuned",
     "load_predictions",
@@ -85,6 +86,8 @@ class FinetuneConfig:
     width: int = 32
     embedding_dim: int = 1024
     dropout: float = 0.5
+    max_train: int | None = None  # cap on the training split, stratified (quick profile); its fractions are taken of this
+    max_val: int | None = None  # cap on the validation split, stratified (quick profile)
     seed: int = 0
     device: str = "auto"
 
@@ -156,6 +159,13 @@ def _predict(model: nn.Module, x: torch.Tensor, device: torch.device, batch_size
     return torch.cat(out).numpy()
 
 
+def _capped(index: np.ndarray, labels: np.ndarray, cap: int | None, seed: int) -> np.ndarray:
+    # the same stratified cap for every run: the "100 %" set does not change between runs
+    if cap is None or cap >= len(index):
+        return index
+    return index[stratified_subset(labels[index], cap / len(index), seed + 999_983)]
+
+
 def finetune_run(ds: Dataset, cfg: FinetuneConfig, snr: float, init: str, fraction: float, run: int,
                  work_dir: str | Path, encoder: Path | None = None) -> dict[str, Any]:
     """Fine-tune one model and score it; returns its table row (see :data:`RUN_COLUMNS`).
@@ -169,9 +179,9 @@ def finetune_run(ds: Dataset, cfg: FinetuneConfig, snr: float, init: str, fracti
     t0 = time.perf_counter()
     seed = cfg.seed + run
     labels = ds.meta["class_id"].to_numpy()
-    train_all = ds.indices("train")
+    train_all, val = _capped(ds.indices("train"), labels, cfg.max_train, cfg.seed), _capped(ds.indices("val"), labels, cfg.max_val, cfg.seed)
     train = train_all[stratified_subset(labels[train_all], fraction, seed)]
-    val, test = ds.indices("val"), ds.indices("test")
+    test = ds.indices("test")
     x_tr, y_tr = to_tensor(ds.volumes, train), torch.as_tensor(labels[train])
     x_va, y_va = to_tensor(ds.volumes, val), labels[val]
     model = _build(cfg, len(ds.classes), seed, encoder)
@@ -240,6 +250,25 @@ def _sorted(table: pd.DataFrame, cfg: FinetuneConfig) -> pd.DataFrame:
     order = {name: k for k, name in enumerate(cfg.inits)}
     t = table.assign(_o=table["init"].map(order).fillna(len(order)))
     return t.sort_values(["snr", "_o", "fraction", "run"], ascending=[False, True, True, True]).drop(columns="_o").reset_index(drop=True)
+
+
+def sweep_from_params(snrs: Sequence[float], n_per_class: int, pretrain: dict[str, Any], finetune: dict[str, Any], seed: int,
+                      work_dir: str | Path, progress: bool = True) -> tuple[pd.DataFrame, FinetuneConfig, dict[float, Any]]:
+    """The sweep as notebooks 04–06 run it: CSSL data sets per SNR, encoders from ``cryonb.pretrain``.
+
+    pretrain: ``PretrainConfig`` fields (must equal notebook 03's so its checkpoints are reused);
+    finetune: :class:`FinetuneConfig` fields (width / embedding_dim are taken from ``pretrain``).
+    Returns (runs table, config, SNR → data set).
+    """
+    from cryonb.pretrain import PretrainConfig, ensure_pretrained
+    from cryonb.simulate import cssl_recipe, ensure_dataset
+
+    pcfg = PretrainConfig.from_dict({**pretrain, "seed": seed})
+    cfg = FinetuneConfig.from_dict({**finetune, "width": pcfg.width, "embedding_dim": pcfg.embedding_dim, "seed": seed})
+    recipes = {float(s): cssl_recipe(snr=float(s), n_per_class=n_per_class, seed=seed) for s in snrs}
+    datasets = {s: ensure_dataset(r, progress=progress) for s, r in recipes.items()}
+    table = sweep(datasets, lambda s, init: ensure_pretrained(init, recipes[s], pcfg, work_dir, progress=progress), cfg, work_dir, progress=progress)
+    return table, cfg, datasets
 
 
 def load_finetuned(work_dir: str | Path, cfg: FinetuneConfig, n_classes: int, snr: float, init: str, fraction: float, run: int) -> RB3D:
