@@ -99,3 +99,16 @@ def test_cli_verify_exit_codes(dataset: tuple[Path, Path], capsys: pytest.Captur
     data.write_bytes(b"changed")
     assert cli_main(["data", "verify", "--manifest", str(path)]) == 1
     assert "MISMATCH  a:" in capsys.readouterr().out
+
+
+def test_generated_entries_match_their_recipes() -> None:
+    # a changed simulator default changes the content hash; the manifest must follow
+    import importlib
+
+    for entry in load_manifest():
+        if entry.kind != "generated":
+            continue
+        module, _, name = entry.recipe["function"].rpartition(".")
+        recipe = getattr(importlib.import_module(module), name)(**entry.recipe["params"])
+        assert entry.path == f"data/generated/{recipe.folder_name}", entry.name
+        assert recipe.seed == entry.seed
