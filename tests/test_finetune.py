@@ -118,3 +118,15 @@ def test_confusion_matrix_and_accuracy_table() -> None:
     assert tab.to_dict("records") == [{"init": "random", "25 %": "60.00 ± 10.00"}, {"init": "moco", "25 %": "60.00 ± 0.00"}]
     with pytest.raises(CryoNBError, match="no runs at SNR 0.05"):
         accuracy_table(t, 0.05)
+
+
+def test_training_cap_is_stratified_and_the_same_for_every_run() -> None:
+    from cryonb.finetune import _capped
+
+    ds = TinyDataset()
+    labels = ds.meta["class_id"].to_numpy()
+    capped = _capped(ds.indices("train"), labels, 6, seed=0)
+    assert np.bincount(labels[capped]).tolist() == [3, 3]
+    assert set(capped) <= set(ds.indices("train"))
+    np.testing.assert_array_equal(capped, _capped(ds.indices("train"), labels, 6, seed=0))
+    np.testing.assert_array_equal(_capped(ds.indices("train"), labels, None, seed=0), ds.indices("train"))
