@@ -25,8 +25,9 @@
 # **What you need:** the simulated CSSL data set and the encoders of notebook 03 (both are built here on
 # first use if missing, cached by content hash, so this notebook also runs on its own).
 #
-# **Run time (2 CPU cores):** smoke ≤ 40 s; quick ≈ 6–10 min (plus notebook 03's pre-training if it has not
-# run); paper ≈ 3 SNR × 4 inits × 4 fractions × 5 runs × 50 epochs on 500 subtomograms per class: several
+# **Run time (2 CPU cores):** smoke ≤ 40 s (measured 23 s); quick ≈ 7–11 min, *estimated* from measured
+# throughput (RB3D width 8: ≈ 21 volumes/s training, ≈ 52 volumes/s inference on one busy core; 24 runs of
+# 3 epochs on 50–200 volumes), plus notebook 03's pre-training if it has not run; paper ≈ 3 SNR × 4 inits × 4 fractions × 5 runs × 50 epochs on 500 subtomograms per class: several
 # GPU hours, resumable by parts (rerun the notebook; finished runs are skipped).
 #
 # **What the quick profile can and cannot show.** A 32³ 3-D CNN trains at ≈ 14 volumes/s on 2 cores at
