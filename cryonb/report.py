@@ -125,4 +125,122 @@ DEVIATIONS: list[tuple[str, str, str, str]] = [
     ("real data", "Noble et al. 2018 tomograms (CSSL Table 2)", "not reproduced", "not redistributable here; see `cryonb extract` for your own data"),
 ]
 
-CLAIMS: list[Claim] = []
+def _scale_note(profile: str) -> str:
+    return "" if profile == "paper" else "quick/smoke scale: small data, few epochs (see params)"
+
+
+def _paper_only(profile: str, ok: bool) -> str:
+    if profile != "paper":
+        return UNTESTABLE
+    return HOLDS if ok else FAILS
+
+
+def _snr_key(value: object) -> str:
+    return str(float(value)) if str(value) not in ("inf", "∞") else "inf"
+
+
+def _group_means(runs: pd.DataFrame) -> pd.DataFrame:
+    return runs.groupby(["snr", "fraction", "init"]).test_acc.mean().unstack("init")
+
+
+def _cssl_beats_random(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    means = _group_means(t["04_finetune_runs"])
+    cssl = [c for c in means.columns if c != "random"]
+    if "random" not in means or not cssl:
+        return Verdict("–", UNTESTABLE, "needs random and at least one CSSL initialisation")
+    wins = (means[cssl].max(axis=1) > means["random"])
+    ours = f"{int(wins.sum())}/{len(wins)} (SNR, fraction) settings"
+    return Verdict(ours, HOLDS if wins.all() else FAILS, _scale_note(profile))
+
+
+def _moco_best(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    means = _group_means(t["04_finetune_runs"])
+    cssl = [c for c in means.columns if c != "random"]
+    if "moco" not in cssl or len(cssl) < 2:
+        return Verdict("–", UNTESTABLE, "needs MoCo and another CSSL method")
+    others = [c for c in cssl if c != "moco"]
+    share = float((means["moco"] > means[others].max(axis=1)).mean())  # ties are not wins
+    return Verdict(f"MoCo best in {share:.0%} of settings", HOLDS if share > 0.5 else FAILS, _scale_note(profile))
+
+
+def _best_accuracy(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    best = float(_group_means(t["04_finetune_runs"]).max().max())
+    return Verdict(f"{best:.1%}", _paper_only(profile, abs(best - 0.69) <= 0.10), "holds if within 10 points of 69 %")
+
+
+def _moco_p_value(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    rows = t["05_comparisons"].query("init == 'moco'").dropna(subset=["p_student"])
+    if rows.empty:
+        return Verdict("–", UNTESTABLE, "no defined MoCo-vs-random t-test (too few runs or no variance)")
+    best = rows.loc[rows.p_student.idxmin()]
+    ours = f"p = {best.p_student:.3g} (SNR {best.snr}, {best.fraction:.0%} labels; paired p = {best.p_paired:.3g}, Holm p = {best.p_student_holm:.3g})"
+    return Verdict(ours, HOLDS if best.p_student < 0.05 and best["diff"] > 0 else FAILS, "smallest two-tailed Student p of MoCo vs random")
+
+
+def _gradcam_wider(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    row = t["06_gradcam_metrics"].set_index("metric").loc["half_max_fraction"]
+    ours = f"volume above half max: MoCo {row.moco_mean:.3f} vs random {row.random_mean:.3f} (paired p = {row.p_paired:.3g})"
+    return Verdict(ours, HOLDS if row["diff"] > 0 and row.p_paired < 0.05 else FAILS)
+
+
+def _oneshot(t: dict[str, pd.DataFrame]) -> pd.DataFrame:
+    acc = t["07_accuracy_all"].copy()
+    acc["snr"] = acc.snr.map(_snr_key)
+    return acc[acc.k_shot == 1]
+
+
+def _decoder_helps(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    acc = _oneshot(t).query("n_way == 2 and snr == '1000.0'").set_index("method").accuracy
+    if not {"DuSE-SCNN", "DuSE-SCNN+decoder"} <= set(acc.index):
+        return Verdict("–", UNTESTABLE, "needs DuSE-SCNN with and without the decoder at SNR 1000")
+    before, after = float(acc["DuSE-SCNN"]), float(acc["DuSE-SCNN+decoder"])
+    return Verdict(f"{before:.3f} → {after:.3f}", HOLDS if after > before else FAILS, _scale_note(profile))
+
+
+def _two_way_low_snr(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    acc = _oneshot(t).query("n_way == 2 and snr == '0.5'")
+    acc = acc[~acc.method.str.startswith("prototype")]
+    if acc.empty:
+        return Verdict("–", UNTESTABLE, "no 2-way result at SNR 0.5")
+    best = acc.loc[acc.accuracy.idxmax()]
+    return Verdict(f"{best.accuracy:.3f} ({best.method})", HOLDS if best.accuracy > 0.8 else FAILS, _scale_note(profile))
+
+
+def _falls_with_n_way(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    acc = _oneshot(t)
+    groups = acc.sort_values("n_way").groupby(["method", "snr", "train_n_way"]).accuracy
+    monotone = groups.apply(lambda a: bool((a.diff().dropna() <= 0).all()) if len(a) > 1 else None).dropna()
+    if monotone.empty:
+        return Verdict("–", UNTESTABLE, "needs several n-way settings")
+    return Verdict(f"non-increasing in {int(monotone.sum())}/{len(monotone)} curves", HOLDS if monotone.all() else FAILS)
+
+
+def _dice(t: dict[str, pd.DataFrame], snr: str, threshold: float, profile: str) -> Verdict:
+    summary = t["08_dice_summary"].copy()
+    summary["snr"] = summary.snr.map(_snr_key)
+    rows = summary[summary.snr == snr]
+    if rows.empty:
+        return Verdict("–", UNTESTABLE, f"no segmentation at SNR {snr}")
+    worst = float(rows[["dice_before_min", "dice_after_min"]].max(axis=1).max())
+    return Verdict(f"lowest class Dice {worst:.3f}", HOLDS if worst > threshold else FAILS, _scale_note(profile))
+
+
+def _crf_improves(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
+    s = t["08_dice_summary"]
+    gain = s.dice_after_mean - s.dice_before_mean
+    return Verdict(f"mean Dice change {gain.mean():+.3f} ({int((gain > 0).sum())}/{len(gain)} settings improved)", HOLDS if (gain > 0).all() else FAILS)
+
+
+CLAIMS: list[Claim] = [
+    Claim("CSSL", "CSSL initialisation beats random at every label fraction", "all settings", ("04_finetune_runs",), _cssl_beats_random),
+    Claim("CSSL", "MoCo is the best CSSL method in most settings", "most settings", ("04_finetune_runs",), _moco_best),
+    Claim("CSSL", "best accuracy on simulated data", "≈ 69 %", ("04_finetune_runs",), _best_accuracy),
+    Claim("CSSL", "MoCo vs random: two-tailed t-test significant", "p = 0.046", ("05_comparisons",), _moco_p_value),
+    Claim("CSSL", "pre-trained Grad-CAM covers wider regions", "qualitative (Fig. 8)", ("06_gradcam_metrics",), _gradcam_wider),
+    Claim("COS-Net", "the volume decoder raises one-shot accuracy (2-way, DuSE, SNR 1000)", "0.928 → 0.939", ("07_accuracy_all",), _decoder_helps),
+    Claim("COS-Net", "2-way 1-shot accuracy at SNR 0.5", "> 0.8", ("07_accuracy_all",), _two_way_low_snr),
+    Claim("COS-Net", "accuracy falls as n-way grows", "2 > 4 > 6-way", ("07_accuracy_all",), _falls_with_n_way),
+    Claim("COS-Net", "Dice for every unseen class at SNR ∞", "> 0.92", ("08_dice_summary",), lambda t, p: _dice(t, "inf", 0.92, p)),
+    Claim("COS-Net", "Dice for every unseen class at SNR 1000", "> 0.84", ("08_dice_summary",), lambda t, p: _dice(t, "1000.0", 0.84, p)),
+    Claim("COS-Net", "the dense CRF improves Dice", "improves", ("08_dice_summary",), _crf_improves),
+]
