@@ -54,6 +54,8 @@ lab: $(STAMP)
 
 bench: $(STAMP)
 	$(PY) -m pip install --quiet -e '.[dev,bench]'
+	# SimpleCRF (reference of bench_crf) needs this flag with NumPy 2; the benchmark skips it if the build fails
+	-CPPFLAGS="-DNPY_IN_ARRAY=NPY_ARRAY_IN_ARRAY" $(PY) -m pip install --quiet simplecrf==0.2.1.1
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
