@@ -86,6 +86,32 @@ n_sig = {t: int((comparison[f"p_{t}_holm"] < alpha).sum()) for t in ("student", 
 print(f"comparisons significant after Holm at α = {alpha}: {n_sig} of {len(comparison)}")
 
 # %% [markdown]
+# ## The differences, with their uncertainty
+# Each point is the mean accuracy difference of a CSSL initialisation over random (positive: pre-training
+# helps); the bars are Hedges' g 95 % confidence intervals drawn on the effect-size axis. An interval
+# that crosses zero is an effect these runs cannot tell from none.
+
+# %%
+import matplotlib.pyplot as plt
+
+fig, axes = plt.subplots(1, 2, figsize=(9, 0.5 + 0.35 * max(len(comparison), 2)), squeeze=False)
+labels = [f"SNR {r.snr} · {r.fraction:.0%} · {r.init}" for r in comparison.itertuples()]
+pos = np.arange(len(comparison))
+axes[0][0].barh(pos, comparison["diff"], color="tab:blue")
+axes[0][0].set_yticks(pos, labels, fontsize=7)
+axes[0][0].axvline(0, color="k", lw=0.8)
+axes[0][0].set_xlabel(f"mean {metric} difference vs random")
+g = comparison["hedges_g"].fillna(0)
+err = np.vstack([(g - comparison["g_ci_low"]).fillna(0), (comparison["g_ci_high"] - g).fillna(0)])
+axes[0][1].errorbar(g, pos, xerr=err, fmt="o", color="tab:red", capsize=2)
+axes[0][1].set_yticks(pos, [""] * len(pos))
+axes[0][1].axvline(0, color="k", lw=0.8)
+axes[0][1].set_xlabel("Hedges' g with 95 % CI")
+fig.tight_layout()
+run.save_figure(fig, "effect_sizes")
+plt.show()
+
+# %% [markdown]
 # ## Which test fits this design?
 # Run *r* of MoCo and run *r* of random initialisation are fine-tuned on the **same** labelled subset with
 # the **same** seed for the classifier head and batch order. A lucky subset lifts both; the paired test
