@@ -286,6 +286,7 @@ def _rb3d_config(payload: dict[str, Any], state: dict[str, torch.Tensor], config
         n_classes=int(state["classifier.weight"].shape[0]),
         width=int(state["stem.0.weight"].shape[0]),
         embedding_dim=int(state["embedding.0.weight"].shape[0]),
+        pool_size=round((state["embedding.0.weight"].shape[1] / state["stem.0.weight"].shape[0]) ** (1 / 3)),
         norm="batch" if any(k.endswith("running_mean") for k in state) else "none",
     )
 

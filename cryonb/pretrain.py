@@ -33,6 +33,7 @@ __all__ = ["PretrainConfig", "build_ssl", "ensure_pretrained", "load_encoder", "
 class PretrainConfig:
     width: int = 16
     embedding_dim: int = 256
+    pool_size: int = 4  # RB3D's pooled cells per axis (see cryonb.models.rb3d)
     epochs: int = 200
     batch_size: int = 16
     lr: float = 1e-4
@@ -60,7 +61,7 @@ class PretrainConfig:
         return cls(**raw)
 
     def encoder_config(self, n_classes: int) -> RB3DConfig:
-        return RB3DConfig(n_classes=n_classes, width=self.width, embedding_dim=self.embedding_dim)
+        return RB3DConfig(n_classes=n_classes, width=self.width, embedding_dim=self.embedding_dim, pool_size=self.pool_size)
 
 
 def build_ssl(method: str, encoder: RB3D, cfg: PretrainConfig) -> nn.Module:

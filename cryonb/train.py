@@ -25,7 +25,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, is_dataclass
 from pathlib import Path
 from typing import Any
 
@@ -37,7 +37,7 @@ from cryonb.errors import CryoNBError
 from cryonb.io import atomic_path
 from cryonb.nb import pick_device
 
-__all__ = ["TrainConfig", "History", "fit", "load_checkpoint", "move_batch"]
+__all__ = ["TrainConfig", "History", "fit", "load_checkpoint", "move_batch", "recalibrate_batchnorm"]
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
@@ -100,6 +100,35 @@ def _optimizer(model: nn.Module, cfg: TrainConfig) -> torch.optim.Optimizer:
     return torch.optim.Adam(params, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay)
 
 
+@torch.no_grad()
+def recalibrate_batchnorm(model: nn.Module, inputs: torch.Tensor, batch_size: int = 64) -> None:
+    """Replace BatchNorm running statistics by exact averages over ``inputs`` ("precise BN").
+
+    Why: with small batches and a fast optimiser the running averages (momentum 0.1) lag behind the
+    weights, and eval-mode accuracy swings between chance and the true value from one epoch to the next
+    (measured: RB3D at SNR 0.1, Adam 1e-3, batch 16). Only the BatchNorm layers run in training mode, so
+    dropout draws no random numbers and the result is deterministic. Modes are restored afterwards.
+    """
+    norms = [m for m in model.modules() if isinstance(m, nn.modules.batchnorm._BatchNorm)]
+    if not norms:
+        return
+    modes = {m: m.training for m in model.modules()}
+    momenta = [m.momentum for m in norms]
+    model.eval()
+    for m in norms:
+        m.reset_running_stats()
+        m.momentum = None  # cumulative moving average: the exact mean over all batches
+        m.train()
+    device = next(iter(model.parameters())).device
+    # equal chunks: no trailing batch of one, which BatchNorm1d rejects in training mode
+    for chunk in torch.tensor_split(inputs, max(1, -(-len(inputs) // batch_size))):
+        model(chunk.to(device))
+    for m, momentum in zip(norms, momenta):
+        m.momentum = momentum
+    for m, mode in modes.items():
+        m.training = mode
+
+
 def move_batch(batch: Batch, device: torch.device) -> Batch:
     if isinstance(batch, torch.Tensor):
         return batch.to(device, non_blocking=True)
@@ -137,8 +166,14 @@ def fit(
     validate: Callable[[nn.Module], dict[str, float]] | None = None,
     select_metric: str | None = None,
     on_step_end: Callable[[nn.Module, Batch, dict[str, torch.Tensor]], None] | None = None,
+    checkpoint_meta: dict[str, Any] | None = None,
 ) -> History:
-    """Train ``model`` in place; see the module docstring. Returns the :class:`History`."""
+    """Train ``model`` in place; see the module docstring. Returns the :class:`History`.
+
+    checkpoint_meta: plain values written into ``best.pt`` beside the weights (class names, box, voxel size,
+    seed: what ``python -m cryonb classify`` needs to check its input). The model's dataclass ``config``
+    goes in as ``model_config`` without asking.
+    """
     world, rank = _dist_info()
     device = pick_device(cfg.device)
     if world > 1 and device.type == "cuda":
@@ -206,11 +241,21 @@ def fit(
                 history.best_value, history.best_epoch = value, epoch + 1
                 history.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         if rank == 0 and cfg.checkpoint_dir is not None:
-            _write_epoch(cfg, model, optimizer, scheduler, scaler, history, epoch)
+            _write_epoch(cfg, model, optimizer, scheduler, scaler, history, epoch, checkpoint_meta)
     return history
 
 
-def _write_epoch(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, history: History, epoch: int) -> None:
+def _best_payload(model: nn.Module, history: History, epoch: int, meta: dict[str, Any] | None) -> dict[str, Any]:
+    payload: dict[str, Any] = {"model": history.best_state, "epoch": epoch, "model_class": type(model).__name__, "format_version": 1}
+    config = getattr(model, "config", None)
+    if is_dataclass(config) and not isinstance(config, type):
+        payload["model_config"] = asdict(config)
+    payload.update(meta or {})
+    return payload
+
+
+def _write_epoch(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, history: History, epoch: int,
+                 meta: dict[str, Any] | None = None) -> None:
     assert cfg.checkpoint_dir is not None
     cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
     state = {
@@ -225,6 +270,6 @@ def _write_epoch(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Opti
     }
     _save(cfg.checkpoint_dir / "last.pt", state)
     if history.best_epoch == epoch + 1 and history.best_state is not None:
-        _save(cfg.checkpoint_dir / "best.pt", {"model": history.best_state, "epoch": epoch, "model_class": type(model).__name__})
+        _save(cfg.checkpoint_dir / "best.pt", _best_payload(model, history, epoch, meta))
     with open(cfg.checkpoint_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in history.epochs[-1].items()}) + "\n")

@@ -47,8 +47,10 @@ def test_rb3d_shapes_handles_and_parameter_count() -> None:
     w = 8
     conv = lambda i, o, k: i * o * k**3 + o  # noqa: E731
     block = conv(w, w // 2, 3) + conv(w, w // 4, 1) + conv(w // 4, w // 4, 3) + conv(w // 4, w // 2, 1) + 2 * (w // 2 * 2) + 2 * (w // 4 * 2)
-    expected = conv(1, w, 3) + 4 * block + (w * 32 + 32) + (32 * 10 + 10)
+    expected = conv(1, w, 3) + 4 * block + (w * 4**3 * 32 + 32) + (32 * 10 + 10)  # 4³ pooled cells flattened
     assert count_parameters(model) == expected
+    global_pool = RB3D(RB3DConfig(n_classes=10, width=8, embedding_dim=32, pool_size=1))
+    assert count_parameters(global_pool) == expected - w * (4**3 - 1) * 32
     assert not any(k.startswith("classifier.") for k in model.encoder_state())
     with pytest.raises(CryoNBError, match=r"expects \(batch, 1, z, y, x\)"):
         model(torch.randn(2, 32, 32, 32))

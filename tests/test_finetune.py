@@ -130,3 +130,22 @@ def test_training_cap_is_stratified_and_the_same_for_every_run() -> None:
     assert set(capped) <= set(ds.indices("train"))
     np.testing.assert_array_equal(capped, _capped(ds.indices("train"), labels, 6, seed=0))
     np.testing.assert_array_equal(_capped(ds.indices("train"), labels, None, seed=0), ds.indices("train"))
+
+
+def test_best_checkpoint_carries_what_classify_needs(tmp_path: Path) -> None:
+    from cryonb.finetune import run_dir
+    from cryonb.predict import Subtomograms, classify_predict
+
+    ds = TinyDataset()
+    finetune_run(ds, CFG, 0.1, "random", 1.0, 0, tmp_path)
+    best = run_dir(tmp_path, CFG, 0.1, "random", 1.0, 0) / "best.pt"
+    payload = torch.load(best, weights_only=True)
+    assert payload["class_names"] == ["a", "b"] and payload["box"] == S and payload["seed"] == CFG.seed
+    assert payload["model_config"]["pool_size"] == CFG.pool_size and payload["model_type"] == "rb3d"
+    test = ds.indices("test")
+    subtomos = Subtomograms(tmp_path, ds.volumes[test], pd.DataFrame(index=range(len(test))), None)
+    table = classify_predict(best, subtomos)
+    assert set(table["predicted"]) <= {"a", "b"} and np.allclose(table["p_a"] + table["p_b"], 1, atol=1e-5)
+    wrong_box = Subtomograms(tmp_path, np.zeros((1, S + 2, S + 2, S + 2), np.float32), pd.DataFrame(index=[0]), None)
+    with pytest.raises(CryoNBError, match=rf"trained on {S}³ boxes"):
+        classify_predict(best, wrong_box)

@@ -7,7 +7,7 @@ import torch
 from torch import nn
 
 from cryonb import CryoNBError
-from cryonb.train import TrainConfig, fit, load_checkpoint
+from cryonb.train import TrainConfig, fit, load_checkpoint, recalibrate_batchnorm
 
 X = torch.randn(24, 5, generator=torch.Generator().manual_seed(1))
 Y = (X[:, 0] > 0).long()
@@ -86,3 +86,24 @@ def test_amp_on_cuda_trains(tmp_path: Path) -> None:
     cfg = TrainConfig(epochs=2, lr=0.05, optimizer="sgd", checkpoint_dir=tmp_path, progress=False, device="cuda")
     history = fit(_model(), _loss, _batches, cfg)
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in history.epochs)
+
+
+def test_recalibrate_batchnorm_gives_exact_statistics_and_restores_modes() -> None:
+    torch.manual_seed(0)
+    net = nn.Sequential(nn.Linear(3, 4), nn.BatchNorm1d(4), nn.Dropout(0.5))
+    net.train()
+    recalibrate_batchnorm(net, torch.randn(50, 3), batch_size=7)  # 50 = 7 × 7 + 1: no batch of one
+    x = torch.randn(49, 3) * 2 + 1
+    recalibrate_batchnorm(net, x, batch_size=7)  # equal batches: the mean of batch means is the mean
+    with torch.no_grad():
+        h = net[0](x)
+    bn = net[1]
+    assert torch.allclose(bn.running_mean, h.mean(0), atol=1e-5)
+    # the average of per-batch variances misses the spread of the batch means: close, not equal
+    assert torch.allclose(bn.running_var, h.var(0), rtol=0.15)
+    assert bn.momentum == 0.1 and net.training and net[2].training
+    net.eval()
+    state = {k: v.clone() for k, v in net.state_dict().items()}
+    recalibrate_batchnorm(net, x, batch_size=7)
+    assert not net.training
+    assert all(torch.equal(state[k], v) for k, v in net.state_dict().items())  # deterministic

@@ -1,9 +1,18 @@
 """RB3D: the 3-D residual classifier of Che et al. 2018, the encoder of the CSSL paper.
 
 Conv3d 3³ + ReLU → MaxPool (3³, stride 2) → four residual blocks (a 3³ shortcut convolution beside a
-1³→3³→1³ bottleneck, concatenated) → global average pooling → embedding (FC + ReLU + dropout) → linear
-classifier. ``encode`` returns the embedding, ``classifier`` is a separate handle, so the SSL heads and
-fine-tuning share one encoder.
+1³→3³→1³ bottleneck, concatenated) → average pooling to ``pool_size``³ cells → flatten → embedding
+(FC + ReLU + dropout) → linear classifier.
+
+Why ``pool_size`` (default 4) and not global average pooling: a subtomogram's class is the molecule at its
+*centre*; its crowding neighbours belong to other classes. Global pooling makes the features translation
+invariant, so the network cannot tell the centre from the neighbours, and at SNR 0.1 it stayed at chance
+(10 %) while a logistic regression on the radial density profile reached 61 % (measured, quick data set).
+Che et al. flatten the whole 16³ map into FC-1024, which keeps position but costs width × 4096 × 1024
+weights; 4³ cells keep centre-versus-periphery at 1/64 of that. ``pool_size=1`` gives global pooling.
+
+``encode`` returns the embedding, ``classifier`` is a separate handle, so the SSL heads and fine-tuning share
+one encoder.
 """
 
 from __future__ import annotations
@@ -25,6 +34,7 @@ class RB3DConfig:
     embedding_dim: int = 1024
     norm: str = "batch"  # "batch" | "none"
     dropout: float = 0.5
+    pool_size: int = 4  # cells per axis after average pooling (1 = global average pooling)
 
     def __post_init__(self) -> None:
         if self.width < 4 or self.width % 4:
@@ -33,6 +43,8 @@ class RB3DConfig:
             raise CryoNBError(f"RB3D norm must be 'batch' or 'none', got {self.norm!r}")
         if not 0 <= self.dropout < 1:
             raise CryoNBError(f"RB3D dropout must be in [0, 1), got {self.dropout}")
+        if not 1 <= self.pool_size <= 16:
+            raise CryoNBError(f"RB3D pool_size must be in 1..16 (cells per axis of a 16³ feature map), got {self.pool_size}")
 
 
 def _norm(kind: str, channels: int) -> nn.Module:
@@ -69,8 +81,8 @@ class RB3D(nn.Module):
         c = self.config
         self.stem = nn.Sequential(nn.Conv3d(1, c.width, 3, padding=1), nn.ReLU(inplace=True), nn.MaxPool3d(3, stride=2, padding=1))
         self.blocks = nn.Sequential(*[ResidualBlock3d(c.width, c.width, c.norm) for _ in range(4)])
-        self.pool = nn.AdaptiveAvgPool3d(1)
-        self.embedding = nn.Sequential(nn.Linear(c.width, c.embedding_dim), nn.ReLU(inplace=True), nn.Dropout(c.dropout))
+        self.pool = nn.AdaptiveAvgPool3d(c.pool_size)
+        self.embedding = nn.Sequential(nn.Linear(c.width * c.pool_size**3, c.embedding_dim), nn.ReLU(inplace=True), nn.Dropout(c.dropout))
         self.classifier = nn.Linear(c.embedding_dim, c.n_classes)
 
     @property
