@@ -28,7 +28,7 @@ from typing import Any
 import torch
 import torch.nn.functional as F
 
-from cryonb.errors import CryoNBError
+from cryonb.errors import CryoNBError, reject_unknown_keys
 
 __all__ = [
     "CRFParams",
@@ -83,9 +83,7 @@ class CRFParams:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "CRFParams":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise CryoNBError(f"unknown CRF parameter(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        reject_unknown_keys(d, cls, "CRF")
         return cls(**d)
 
     def as_dict(self) -> dict[str, Any]:

@@ -22,7 +22,7 @@ import json
 import math
 import time
 from collections.abc import Callable, Sequence
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
 
@@ -33,7 +33,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from cryonb.data import iterate_batches, stratified_subset, to_tensor
-from cryonb.errors import CryoNBError
+from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.io import save_npy_atomic, write_text_atomic
 from cryonb.models.rb3d import RB3D, RB3DConfig
 from cryonb.train import TrainConfig, fit, load_checkpoint, recalibrate_batchnorm
@@ -112,10 +112,7 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "FinetuneConfig":
-        known = {f.name for f in fields(cls)}
-        unknown = set(raw) - known
-        if unknown:
-            raise CryoNBError(f"finetune config: unknown key(s) {sorted(unknown)}; expected some of {sorted(known)}")
+        reject_unknown_keys(raw, cls, "fine-tuning")
         return cls(**raw)
 
     def training_hash(self) -> str:

@@ -31,9 +31,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from cryonb.episodes import Episode, episodes_to_arrays, sample_training_pair
-from cryonb.errors import CryoNBError
+from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.io import atomic_path
 from cryonb.models.cosnet import COSNet, COSNetConfig, dice_loss
+from cryonb.train import recalibrate_batchnorm
 
 __all__ = [
     "TrainEpisodesConfig",
@@ -63,6 +64,8 @@ class TrainEpisodesConfig:
     w_bce, w_dice : loss weights.
     base_channels, feature_dim, feature_pool, combine, match_head : architecture (see :class:`COSNetConfig`).
     checkpoint_every : steps between resumable partial checkpoints.
+    recalibrate_bn : training batches hold only 2n volumes, so BatchNorm's running averages are noisy;
+        replace them by exact averages over the training pool (:func:`cryonb.train.recalibrate_batchnorm`).
     seed : seeds initialisation and episode sampling.
     """
 
@@ -78,6 +81,7 @@ class TrainEpisodesConfig:
     combine: str = "add"
     match_head: str = "linear"
     checkpoint_every: int = 100
+    recalibrate_bn: bool = True  # exact BatchNorm statistics over the training pool after the last step
     seed: int = 0
 
     def __post_init__(self) -> None:
@@ -90,9 +94,7 @@ class TrainEpisodesConfig:
 
     @classmethod
     def from_dict(cls, d: dict[str, Any]) -> "TrainEpisodesConfig":
-        unknown = set(d) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise CryoNBError(f"unknown COS-Net training parameter(s) {sorted(unknown)}; expected {sorted(cls.__dataclass_fields__)}")
+        reject_unknown_keys(d, cls, "COS-Net training")
         d = dict(d)
         if "betas" in d:
             d["betas"] = tuple(d["betas"])
@@ -178,6 +180,8 @@ def train_cosnet(
         log.append({"step": step + 1, "loss": float(loss.detach()), **stats, "seconds": time.perf_counter() - t0})
         if on_checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             on_checkpoint(copy.deepcopy({"model": net.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "log": list(log), "step": step + 1}))
+    if cfg.recalibrate_bn:
+        recalibrate_batchnorm(net, _batch(volumes, np.sort(np.asarray(train_pool)), torch.device("cpu")), batch_size=16)
     return net.eval(), log
 
 

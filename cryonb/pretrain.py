@@ -20,7 +20,7 @@ from torch import nn
 
 from cryonb.augment import AugmentConfig, two_views
 from cryonb.data import iterate_batches, to_tensor
-from cryonb.errors import CryoNBError
+from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.io import atomic_path
 from cryonb.models.rb3d import RB3D, RB3DConfig
 from cryonb.ssl import METHODS, MoCo, SimCLR, SwAV
@@ -53,9 +53,7 @@ class PretrainConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "PretrainConfig":
         raw = dict(raw)
-        unknown = set(raw) - set(cls.__dataclass_fields__)
-        if unknown:
-            raise CryoNBError(f"unknown pre-training parameter(s) {sorted(unknown)}; known: {sorted(cls.__dataclass_fields__)}")
+        reject_unknown_keys(raw, cls, "pre-training")
         if isinstance(raw.get("augment"), dict):
             raw["augment"] = AugmentConfig(**raw["augment"])
         return cls(**raw)

@@ -58,7 +58,7 @@ def test_config_validation() -> None:
         FinetuneConfig(inits=("byol",))
     with pytest.raises(CryoNBError, match=r"fractions \[0.0\]"):
         FinetuneConfig(fractions=(0.0,))
-    with pytest.raises(CryoNBError, match="unknown key"):
+    with pytest.raises(CryoNBError, match=r"unknown fine-tuning parameter\(s\) \['epoch'\]"):
         FinetuneConfig.from_dict({"epoch": 3})
     assert FinetuneConfig().lr == 5e-4 and FinetuneConfig().epochs == 50 and FinetuneConfig().runs == 5
     # the list of cells does not change a run's result, so it does not change where runs are cached

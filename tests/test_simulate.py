@@ -250,5 +250,5 @@ def test_voxel_size_must_be_positive(voxel: float) -> None:
 
 
 def test_unknown_simulation_parameter() -> None:
-    with pytest.raises(CryoNBError, match="unknown parameter.*'voxel_a'"):
+    with pytest.raises(CryoNBError, match=r"unknown simulation parameter\(s\) \['voxel_a'\]"):
         cssl_recipe(snr=0.1, n_per_class=2, voxel_a=10)

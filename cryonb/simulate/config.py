@@ -3,10 +3,10 @@
 from __future__ import annotations
 
 import math
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass
 from typing import Any
 
-from cryonb.errors import CryoNBError
+from cryonb.errors import CryoNBError, reject_unknown_keys
 
 __all__ = ["SimulationConfig", "check_snr"]
 
@@ -69,10 +69,7 @@ class SimulationConfig:
     @classmethod
     def from_dict(cls, raw: dict[str, Any] | None) -> "SimulationConfig":
         raw = dict(raw or {})
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(raw) - known)
-        if unknown:
-            raise CryoNBError(f"simulation config: unknown parameter(s) {unknown}; expected some of {sorted(known)}")
+        reject_unknown_keys(raw, cls, "simulation")
         return cls(**raw)
 
 
