@@ -123,6 +123,15 @@ DEVIATIONS: list[tuple[str, str, str, str]] = [
     ("COS-Net hyper-parameters", "partly unstated (loss weights, epochs, CRF parameters)",
      "chosen on validation data and recorded in params/*.yaml", "not given in the text"),
     ("real data", "Noble et al. 2018 tomograms (CSSL Table 2)", "not reproduced", "not redistributable here; see `cryonb extract` for your own data"),
+    ("RB3D pooling", "Che et al. 2018: the 16³ feature map flattened into FC-1024",
+     "average-pooled to 4³ cells, then FC", "keeps centre-versus-neighbour position at 1/64 of the weights; "
+     "global average pooling (our first version) stayed at chance at SNR 0.1"),
+    ("BatchNorm at evaluation", "not stated",
+     "running statistics recomputed exactly over the training data before validation / after COS-Net training",
+     "with batches of 16 (RB3D) or 2n volumes (COS-Net) the running averages lag; eval accuracy swung 10–35 %"),
+    ("quick-profile optimisers", "fine-tuning SGD 5e-4; COS-Net Adam 1e-4, betas (0.5, 0.999)",
+     "quick: Adam 1e-3 for fine-tuning and pre-training; COS-Net Adam 1e-3, betas (0.9, 0.999), trained 5-way",
+     "the papers' rates barely move the weights in the few epochs a 2-core CPU affords; the paper profile keeps them"),
 ]
 
 def _scale_note(profile: str) -> str:

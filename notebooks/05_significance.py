@@ -39,9 +39,9 @@ metric = "test_acc"
 # used only when notebook 04's table is missing (must equal notebook 04's parameters)
 snrs = [0.1]
 n_per_class = 100
-pretrain = {"width": 8, "embedding_dim": 64, "epochs": 3, "max_samples": 400}
-finetune = {"inits": ["random", "moco", "simclr", "swav"], "fractions": [0.25, 1.0], "runs": 3, "epochs": 3,
-            "lr": 0.05, "weight_decay": 1e-4, "batch_size": 16, "max_train": 200, "max_val": 100}
+pretrain = {"width": 8, "embedding_dim": 64, "epochs": 6, "lr": 1e-3}
+finetune = {"inits": ["random", "moco", "simclr", "swav"], "fractions": [0.25, 1.0], "runs": 3, "epochs": 6, "optimizer": "adam",
+            "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16, "max_train": 300, "max_val": 100}
 
 # %%
 import numpy as np

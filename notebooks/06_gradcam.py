@@ -26,7 +26,7 @@
 # **What you need:** notebook 04's fine-tuned models (its sweep is rerun here if missing; finished runs are reused).
 #
 # **Run time (2 CPU cores):** smoke ≤ 40 s, quick ≤ 2 min once notebook 04 has run, paper a few minutes.
-# In the quick profile the classifiers are barely trained (3 epochs, width 8), so the maps show the method and
+# In the quick profile the classifiers are briefly trained (6 epochs, width 8), so the maps show the method and
 # the measurement, not the paper's finding.
 
 # %% tags=["parameters"]
@@ -36,9 +36,9 @@ work_dir = "runs/quick"
 seed = 0
 snrs = [0.1]  # notebook 04's parameters: the models are looked up by them
 n_per_class = 100
-pretrain = {"width": 8, "embedding_dim": 64, "epochs": 3, "max_samples": 400}
-finetune = {"inits": ["random", "moco", "simclr", "swav"], "fractions": [0.25, 1.0], "runs": 3, "epochs": 3,
-            "lr": 0.05, "weight_decay": 1e-4, "batch_size": 16, "max_train": 200, "max_val": 100}
+pretrain = {"width": 8, "embedding_dim": 64, "epochs": 6, "lr": 1e-3}
+finetune = {"inits": ["random", "moco", "simclr", "swav"], "fractions": [0.25, 1.0], "runs": 3, "epochs": 6, "optimizer": "adam",
+            "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16, "max_train": 300, "max_val": 100}
 compare = ["moco", "random"]  # the paper's Figure 8
 fraction = 1.0  # label fraction of the compared models
 run_index = 0  # which run's models

@@ -112,3 +112,21 @@ def test_mask_shape_mismatch_is_an_error() -> None:
     ds = _toy()
     with pytest.raises(CryoNBError, match="masks have shape"):
         train_cosnet("SCNN", ds.volumes, ds.masks[:, :16], ds.meta["class_id"].to_numpy(), np.arange(9), CFG, progress=False)
+
+
+def test_batchnorm_statistics_are_recomputed_over_the_training_pool() -> None:
+    import dataclasses
+
+    ds = _toy()
+    labels = ds.meta["class_id"].to_numpy()
+    pool = ds.indices(class_split="seen")
+    nets = {flag: train_cosnet("SCNN", ds.volumes, ds.masks, labels, pool, dataclasses.replace(CFG, recalibrate_bn=flag), progress=False)[0]
+            for flag in (False, True)}
+    # the first BatchNorm sees conv1 → ReLU of the input: its exact mean over the pool is known
+    first_conv, first_bn = nets[True].enc1[0], nets[True].enc1[2]
+    with torch.no_grad():
+        h = torch.relu(first_conv(torch.from_numpy(ds.volumes[np.sort(pool)])[:, None]))
+    exact_mean = h.mean(dim=(0, 2, 3, 4))
+    assert torch.allclose(first_bn.running_mean, exact_mean, atol=1e-4)
+    assert not torch.allclose(nets[False].enc1[2].running_mean, exact_mean, atol=1e-4)
+    assert not nets[True].training
