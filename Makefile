@@ -3,6 +3,8 @@
 #   make test        # creates .venv if missing, runs the test suite
 # On a CUDA machine choose the torch build, e.g.
 #   make reproduce PROFILE=paper TORCH_SPEC="torch==2.13.0" TORCH_INDEX="--index-url https://download.pytorch.org/whl/cu128"
+# On a machine that caps each command (e.g. 10 minutes), run by parts: MAX_MINUTES=9 stops at the next
+# saved state and exits 3 ("part done"); the same command continues. Repeat until it exits 0.
 
 PYTHON      ?= python3
 VENV        ?= .venv
@@ -11,6 +13,7 @@ PROFILE     ?= quick
 TORCH_SPEC  ?= torch==2.13.0
 TORCH_INDEX ?=
 ONLY        ?=
+MAX_MINUTES ?=
 PYTEST_ARGS ?=
 
 PY    := $(VENV)/bin/python
@@ -19,7 +22,7 @@ STAMP := $(VENV)/.cryonb-installed
 .PHONY: venv reproduce test test-fast lab bench report clean help
 
 help:
-	@echo "make reproduce [PROFILE=quick|paper|smoke] [ONLY='03 04']   run the notebooks -> results/<profile>/"
+	@echo "make reproduce [PROFILE=quick|paper|smoke] [ONLY='03 04'] [MAX_MINUTES=9]   run the notebooks -> results/<profile>/"
 	@echo "make test                                                   unit tests + smoke run of every notebook"
 	@echo "make lab                                                    JupyterLab on notebooks/ (.py files open as notebooks)"
 	@echo "make bench                                                  benchmarks/*.py"
@@ -37,7 +40,7 @@ $(STAMP): pyproject.toml
 	@touch $(STAMP)
 
 reproduce: $(STAMP)
-	$(PY) -m cryonb run --profile $(PROFILE) $(if $(ONLY),--only $(ONLY),)
+	$(PY) -m cryonb run --profile $(PROFILE) $(if $(ONLY),--only $(ONLY),) $(if $(MAX_MINUTES),--max-minutes $(MAX_MINUTES),)
 	$(PY) -m cryonb report --profile $(PROFILE)
 
 report: $(STAMP)

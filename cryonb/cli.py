@@ -14,7 +14,11 @@ import sys
 from collections.abc import Sequence
 
 import cryonb.commands
+from cryonb.budget import PartDone
 from cryonb.errors import CryoNBError
+
+#: exit status when a time budget (--max-minutes) ended the call with progress saved
+PART_DONE_EXIT = 3
 
 __all__ = ["main", "build_parser"]
 
@@ -48,6 +52,9 @@ def main(argv: Sequence[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return int(args._main(args) or 0)
+    except PartDone as exc:
+        print(f"cryonb {args.command}: part done: {exc}", file=sys.stderr)
+        return PART_DONE_EXIT
     except CryoNBError as exc:
         print(f"cryonb {args.command}: error: {exc}", file=sys.stderr)
         return 2

@@ -32,6 +32,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cryonb import budget
 from cryonb.data import iterate_batches, stratified_subset, to_tensor
 from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.io import save_npy_atomic, write_text_atomic
@@ -254,6 +255,8 @@ def sweep(datasets: dict[float, Dataset], encoder_for: Callable[[float, str], Pa
         row = finetune_run(datasets[snr], cfg, snr, init, frac, r, work_dir, encoders[(snr, init)])
         table = pd.concat([table.astype(object), pd.DataFrame([row]).astype(object)], ignore_index=True) if len(table) else pd.DataFrame([row])
         write_text_atomic(table_path, table.to_csv(index=False))  # one atomic rewrite per finished run
+        if n + 1 < len(todo):
+            budget.check(f"fine-tuning run {n + 1}/{len(todo)} of this call ({table_path})")
     return _sorted(pd.read_csv(table_path) if table_path.is_file() else table, cfg)
 
 

@@ -30,6 +30,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from cryonb import budget
 from cryonb.episodes import Episode, episodes_to_arrays, sample_training_pair
 from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.io import atomic_path
@@ -180,6 +181,7 @@ def train_cosnet(
         log.append({"step": step + 1, "loss": float(loss.detach()), **stats, "seconds": time.perf_counter() - t0})
         if on_checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
             on_checkpoint(copy.deepcopy({"model": net.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "log": list(log), "step": step + 1}))
+            budget.check(f"{variant} training step {step + 1}/{cfg.steps}")
     if cfg.recalibrate_bn:
         recalibrate_batchnorm(net, _batch(volumes, np.sort(np.asarray(train_pool)), torch.device("cpu")), batch_size=16)
     return net.eval(), log

@@ -19,6 +19,7 @@ import nbformat
 import papermill
 import yaml
 
+from cryonb.budget import PartDone, set_deadline
 from cryonb.errors import CryoNBError
 from cryonb.io import atomic_path, write_text_atomic
 from cryonb.paths import repo_root
@@ -130,12 +131,17 @@ def run_notebook(source: Path, profile: str, params: dict[str, Any], results_dir
                 log_output=False,
             )
         except papermill.PapermillExecutionError as exc:
+            if exc.ename == "PartDone":  # the time budget (cryonb.budget) ran out; state is saved
+                partial = results_dir / f"{source.stem}.partial.ipynb"
+                executed.replace(partial)
+                raise PartDone(f"notebook {source.name}: {exc.evalue}") from exc
             failed = results_dir / f"{source.stem}.failed.ipynb"
             executed.replace(failed)
             raise CryoNBError(f"notebook {source.name} failed in {_failing_cell(exc)}; executed copy: {failed}") from exc
         finally:
             staged.unlink(missing_ok=True)
-    (results_dir / f"{source.stem}.failed.ipynb").unlink(missing_ok=True)
+    for leftover in ("failed", "partial"):
+        (results_dir / f"{source.stem}.{leftover}.ipynb").unlink(missing_ok=True)
     return NotebookResult(source.stem, time.perf_counter() - start, target)
 
 
@@ -154,9 +160,16 @@ def _relative(path: Path, root: Path) -> str:
         return str(path.resolve())
 
 
-def run_all(profile: str, only: list[str] | None = None, results_dir: Path | None = None, work_dir: Path | None = None) -> list[NotebookResult]:
-    """Run the chosen notebooks in order, printing progress and a per-notebook time summary."""
+def run_all(profile: str, only: list[str] | None = None, results_dir: Path | None = None, work_dir: Path | None = None,
+            max_minutes: float | None = None) -> list[NotebookResult]:
+    """Run the chosen notebooks in order, printing progress and a per-notebook time summary.
+
+    max_minutes: a time budget for this call (cryonb.budget); long loops stop at their next saved state
+    after it and :class:`~cryonb.budget.PartDone` is raised; the same call later continues.
+    """
     params = load_params(profile)
+    if max_minutes is not None:
+        set_deadline(60 * max_minutes)
     chosen = select_notebooks(only)
     root = repo_root()
     out = results_dir or root / "results" / profile
@@ -165,16 +178,24 @@ def run_all(profile: str, only: list[str] | None = None, results_dir: Path | Non
     total_start = time.perf_counter()
     for i, nb in enumerate(chosen, 1):
         print(f"[{i}/{len(chosen)}] {nb.stem} (profile {profile}) ...", flush=True)
-        result = run_notebook(nb, profile, params.get(nb.stem, {}), out, work)
+        try:
+            result = run_notebook(nb, profile, params.get(nb.stem, {}), out, work)
+        except PartDone:
+            _summary(results, time.perf_counter() - total_start)
+            _record_timings(out, profile, results)
+            raise
         print(f"[{i}/{len(chosen)}] {nb.stem} done in {result.wall_s:.1f} s", flush=True)
         results.append(result)
-    total = time.perf_counter() - total_start
+    _summary(results, time.perf_counter() - total_start)
+    _record_timings(out, profile, results)
+    return results
+
+
+def _summary(results: list[NotebookResult], total: float) -> None:
     print("\nwall time per notebook:")
     for r in results:
         print(f"  {r.name:32s} {r.wall_s:8.1f} s")
     print(f"  {'total':32s} {total:8.1f} s")
-    _record_timings(out, profile, results)
-    return results
 
 
 def _record_timings(out: Path, profile: str, results: list[NotebookResult]) -> None:

@@ -13,8 +13,10 @@ Usage::
 - ``on_step_end(model, batch, outputs)`` runs after each optimiser step (MoCo's momentum update and queue).
 
 A checkpoint (``last.pt``) is written atomically after each epoch with model, optimiser, scheduler, AMP scaler,
-epoch and history; ``fit`` resumes from it. On CUDA, AMP is on by default; with ``torchrun`` (``WORLD_SIZE`` > 1)
-the model is wrapped in DistributedDataParallel, batches are sharded by rank and only rank 0 writes.
+epoch and history; ``fit`` resumes from it. With a time budget (``cryonb.budget``) ``fit`` stops after the
+epoch's checkpoint once the deadline has passed, raising ``PartDone``; the same call later continues. On
+CUDA, AMP is on by default; with ``torchrun`` (``WORLD_SIZE`` > 1) the model is wrapped in
+DistributedDataParallel, batches are sharded by rank and only rank 0 writes.
 """
 
 from __future__ import annotations
@@ -33,6 +35,7 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
+from cryonb import budget
 from cryonb.errors import CryoNBError
 from cryonb.io import atomic_path
 from cryonb.nb import pick_device
@@ -242,7 +245,20 @@ def fit(
                 history.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
         if rank == 0 and cfg.checkpoint_dir is not None:
             _write_epoch(cfg, model, optimizer, scheduler, scaler, history, epoch, checkpoint_meta)
+        if cfg.checkpoint_dir is not None and epoch + 1 < cfg.epochs and _budget_used(world, device):
+            budget.check(f"epoch {epoch + 1}/{cfg.epochs} ({cfg.checkpoint_dir / 'last.pt'})")
     return history
+
+
+def _budget_used(world: int, device: torch.device) -> bool:
+    """Whether the run's time budget (cryonb.budget) is used; under DDP every rank agrees, after rank 0 has saved."""
+    left = budget.time_left()
+    used = left is not None and left <= 0
+    if world > 1:
+        flag = torch.tensor([float(used)], device=device)
+        torch.distributed.all_reduce(flag, op=torch.distributed.ReduceOp.MAX)
+        used = bool(flag.item())
+    return used
 
 
 def _best_payload(model: nn.Module, history: History, epoch: int, meta: dict[str, Any] | None) -> dict[str, Any]:

@@ -28,6 +28,7 @@ import pandas as pd
 import torch
 from tqdm.auto import tqdm
 
+from cryonb import budget
 from cryonb.errors import CryoNBError
 from cryonb.io import write_text_atomic
 from cryonb.paths import generated_dir, resolve
@@ -294,7 +295,8 @@ def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_work
     volumes = np.lib.format.open_memmap(partial / "volumes.npy", mode=mode, dtype=np.float32, shape=(n, c, c, c))
     masks = np.lib.format.open_memmap(partial / "masks.npy", mode=mode, dtype=np.uint8, shape=(n, c, c, c))
     (partial / "rows").mkdir(exist_ok=True)
-    chunks = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size) if s not in done]
+    chunks_all = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    chunks = [ch for ch in chunks_all if ch[0] not in done]
     workers = n_workers if n_workers is not None else min(2, os.cpu_count() or 1)
     bar = tqdm(total=n, initial=n - sum(b - a for a, b in chunks), desc=recipe.name, disable=not progress, unit="subtomo")
 
@@ -308,6 +310,8 @@ def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_work
         done.add(start)
         write_text_atomic(done_path, json.dumps(sorted(done)))
         bar.update(len(vol))
+        if len(done) < len(chunks_all):
+            budget.check(f"{len(done)}/{len(chunks_all)} chunks of {recipe.name} ({partial})")
 
     if workers <= 1 or len(chunks) <= 2:
         _init_worker(recipe.to_dict(), maps)
