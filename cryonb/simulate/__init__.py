@@ -32,13 +32,20 @@ from cryonb.simulate.imaging import (
 )
 from cryonb.simulate.optics import ctf_curve, ctf_of_k, ctf_zeros_inv_a, envelope_of_k, mtf_of_k, transfer_of_k
 from cryonb.simulate.scene import Placement, Scene, make_scene, random_rotation, rotate_map
+from cryonb.simulate.tomogram import (
+    SimulatedTomogram,
+    place_particles,
+    simulate_tomogram,
+    tomogram_filters,
+    write_coordinates_star,
+)
 
 __all__ = [
-    "COSNET_UNSEEN_CLASSES", "DatasetRecipe", "MoleculeMap", "Placement", "Scene", "SimulationConfig",
+    "COSNET_UNSEEN_CLASSES", "DatasetRecipe", "MoleculeMap", "Placement", "Scene", "SimulatedTomogram", "SimulationConfig",
     "SubtomoDataset", "Subtomogram", "check_snr", "combine_at_snr", "cosnet_recipe", "crop_center",
     "cssl_recipe", "ctf_curve", "ctf_of_k", "ctf_zeros_inv_a", "ensure_dataset", "envelope_of_k",
     "fast_filters", "generate_dataset", "load_dataset", "load_maps", "make_scene", "molecule_map",
-    "mtf_of_k", "peng_form_factor", "potential_map", "project_tilt_series", "random_rotation",
+    "mtf_of_k", "peng_form_factor", "place_particles", "potential_map", "project_tilt_series", "random_rotation",
     "reconstruct_tilt_series", "rotate_map", "simulate_fast", "simulate_sample", "simulate_tiltseries",
-    "tilt_matrices", "transfer_of_k",
+    "simulate_tomogram", "tilt_matrices", "tomogram_filters", "transfer_of_k", "write_coordinates_star",
 ]
