@@ -62,7 +62,9 @@ class TrainEpisodesConfig:
     steps : optimiser steps (one training episode pair per step).
     n_way : classes per training support set (the paper trains one model per n-way scheme).
     lr, betas : Adam settings (paper: 1e-4, (0.5, 0.999)).
-    w_bce, w_dice : loss weights.
+    w_bce, w_dice : loss weights (match BCE, mask Dice: the paper's two terms).
+    w_mask_bce : weight of a voxel-wise BCE on the masks (not in the paper; 0 = off). Molecules fill about
+        1 % of a 32³ box, and Dice alone teaches the decoder slowly that the rest is background.
     base_channels, feature_dim, feature_pool, combine, match_head : architecture (see :class:`COSNetConfig`).
     checkpoint_every : steps between resumable partial checkpoints.
     recalibrate_bn : training batches hold only 2n volumes, so BatchNorm's running averages are noisy;
@@ -76,6 +78,7 @@ class TrainEpisodesConfig:
     betas: tuple[float, float] = (0.5, 0.999)
     w_bce: float = 1.0
     w_dice: float = 1.0
+    w_mask_bce: float = 0.0
     base_channels: int = 8
     feature_dim: int = 512
     feature_pool: int = 2
@@ -124,6 +127,10 @@ def _loss(net: COSNet, x: torch.Tensor, m: torch.Tensor | None, n: int, cfg: Tra
         d = dice_loss(mask, m)
         total = total + cfg.w_dice * d
         stats["dice_loss"] = float(d.detach())
+        if cfg.w_mask_bce:
+            voxel_bce = F.binary_cross_entropy(mask.clamp(1e-6, 1 - 1e-6), m.float())
+            total = total + cfg.w_mask_bce * voxel_bce
+            stats["mask_bce"] = float(voxel_bce.detach())
     return total, stats
 
 

@@ -56,6 +56,7 @@ base_channels = 4
 feature_dim = 128
 feature_pool = 2
 w_dice = 1.0
+w_mask_bce = 0.0  # voxel-wise BCE on the masks, not in the paper (see cryonb.oneshot.TrainEpisodesConfig)
 rb3d_width = 16  # random-init RB3D baseline (CSSL-pretrained RB3D rows: see Further reading / notebook 03)
 lr = 1e-4  # Adam, the paper's
 betas = [0.5, 0.999]  # the paper's
@@ -137,7 +138,7 @@ run.save_figure(fig, "episode")
 
 # %%
 cfg_kw = dict(base_channels=base_channels, feature_dim=feature_dim, feature_pool=feature_pool, w_dice=w_dice, match_head=match_head, seed=seed, steps=train_steps,
-              lr=lr, betas=tuple(betas))
+              lr=lr, betas=tuple(betas), w_mask_bce=w_mask_bce)
 params_table = pd.DataFrame(
     [{"variant": v, **VARIANTS[v], "parameters": count_parameters(COSNet(TrainEpisodesConfig(**cfg_kw).model_config(v)))} for v in variants]
 )

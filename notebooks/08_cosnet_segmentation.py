@@ -50,6 +50,7 @@ base_channels = 4
 feature_dim = 128
 feature_pool = 2
 w_dice = 1.0
+w_mask_bce = 0.0  # voxel-wise BCE on the masks, not in the paper (see cryonb.oneshot.TrainEpisodesConfig)
 lr = 1e-4  # Adam, the paper's
 betas = [0.5, 0.999]  # the paper's
 match_head = "linear"
@@ -100,7 +101,7 @@ val_rows = np.sort(rng.choice(val_pool, size=min(n_val, len(val_pool)), replace=
 timings["data"] = time.perf_counter() - t0
 t0 = time.perf_counter()
 cfg_kw = dict(base_channels=base_channels, feature_dim=feature_dim, feature_pool=feature_pool, w_dice=w_dice, match_head=match_head, seed=seed, steps=train_steps,
-              lr=lr, betas=tuple(betas))
+              lr=lr, betas=tuple(betas), w_mask_bce=w_mask_bce)
 ckpts = {(v, s, n): ensure_cosnet(v, recipes[s], TrainEpisodesConfig(n_way=n, **cfg_kw), run.work_dir, run.device, dataset=datasets[s]) for v, s in seg_models for n in train_n_ways}
 timings["train (0 when cached by 07)"] = time.perf_counter() - t0
 print(f"{len(seg_rows)} unseen test volumes of {len(np.unique(labels[seg_rows]))} classes; {len(val_rows)} seen validation volumes; {len(ckpts)} models")
@@ -231,7 +232,11 @@ kept = {k: (refined[k].flatten(1).sum(1).float() / (probs[k] > 0.5).flatten(1).s
 print("smallest kept fraction of the network foreground after the CRF:", {f"{k[0]} {k[1]}": round(v, 2) for k, v in kept.items()})
 if profile != "smoke":
     main = summary[(summary.model == seg_models[0][0])]
-    assert (main.dice_before_mean > 0.3).all(), "decoder masks are not better than a trivial guess"
+    fill = float(np.asarray(ds0.masks[seg_rows], dtype=np.float32).mean())
+    whole_box = 2 * fill / (1 + fill)  # Dice of a mask that marks every voxel
+    floor = 0.3 if profile == "paper" else 3 * whole_box
+    print(f"molecules fill {fill:.2%} of a box; whole-box Dice {whole_box:.3f}; required here > {floor:.3f}")
+    assert (main.dice_before_mean > floor).all(), f"decoder masks (Dice ≥ {main.dice_before_mean.min():.3f}) do not beat {floor:.3f}"
     assert (main.dice_after_mean >= main.dice_before_mean - 0.05).all(), "the chosen CRF made the masks clearly worse"
 timing_table = pd.DataFrame([{"step": k, "seconds": round(v, 1)} for k, v in timings.items()])
 run.save_table(timing_table, "08_timings", formats=("csv", "md"))

@@ -63,7 +63,7 @@ finetune = {"width": 8, "embedding_dim": 64, "epochs": 8, "optimizer": "adam", "
 cosnet_variant = "DuSE-SCNN+decoder"
 cosnet_snr = "0.5"  # notebook 07's model at this SNR is reused when present
 cosnet_n_per_class = 40  # notebook 07's n_per_class
-cosnet_train = {"n_way": 5, "steps": 200, "base_channels": 4, "feature_dim": 128, "lr": 1e-3, "betas": [0.9, 0.999]}  # notebook 07's
+cosnet_train = {"n_way": 5, "steps": 200, "base_channels": 4, "feature_dim": 128, "lr": 1e-3, "betas": [0.9, 0.999], "w_mask_bce": 10.0}  # notebook 07's
 n_show = 4  # boxes in the mask figure
 
 # %%
