@@ -21,7 +21,7 @@ import hashlib
 import json
 import math
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -41,6 +41,7 @@ from cryonb.train import TrainConfig, fit, load_checkpoint, recalibrate_batchnor
 
 __all__ = [
     "FinetuneConfig",
+    "data_key",
     "RUN_COLUMNS",
     "finetune_run",
     "sweep",
@@ -94,6 +95,7 @@ class FinetuneConfig:
     max_val: int | None = None  # cap on the validation split, stratified (quick profile)
     seed: int = 0
     device: str = "auto"
+    data_key: str = ""  # identity of the data sets (sweep_from_params sets it): runs on other data never share a folder
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inits", tuple(str(i).lower() for i in self.inits))
@@ -124,6 +126,11 @@ class FinetuneConfig:
     def rb3d(self, n_classes: int) -> RB3DConfig:
         return RB3DConfig(n_classes=n_classes, width=self.width, embedding_dim=self.embedding_dim, dropout=self.dropout,
                           pool_size=self.pool_size)
+
+
+def data_key(folder_names: Iterable[str]) -> str:
+    """12 hex digits naming a set of data sets (their content-hashed folder names), for ``FinetuneConfig.data_key``."""
+    return hashlib.sha256(json.dumps(sorted(folder_names)).encode()).hexdigest()[:12]
 
 
 def _snr_tag(snr: float) -> str:
@@ -280,9 +287,9 @@ def sweep_from_params(snrs: Sequence[float], n_per_class: int, pretrain: dict[st
     from cryonb.simulate import cssl_recipe, ensure_dataset
 
     pcfg = PretrainConfig.from_dict({**pretrain, "seed": seed})
-    cfg = FinetuneConfig.from_dict({**finetune, "width": pcfg.width, "embedding_dim": pcfg.embedding_dim, "pool_size": pcfg.pool_size,
-                                    "seed": seed})
     recipes = {float(s): cssl_recipe(snr=float(s), n_per_class=n_per_class, seed=seed) for s in snrs}
+    cfg = FinetuneConfig.from_dict({**finetune, "width": pcfg.width, "embedding_dim": pcfg.embedding_dim, "pool_size": pcfg.pool_size,
+                                    "seed": seed, "data_key": data_key(r.folder_name for r in recipes.values())})
     datasets = {s: ensure_dataset(r, progress=progress) for s, r in recipes.items()}
     table = sweep(datasets, lambda s, init: ensure_pretrained(init, recipes[s], pcfg, work_dir, progress=progress), cfg, work_dir, progress=progress)
     return table, cfg, datasets

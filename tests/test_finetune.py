@@ -149,3 +149,11 @@ def test_best_checkpoint_carries_what_classify_needs(tmp_path: Path) -> None:
     wrong_box = Subtomograms(tmp_path, np.zeros((1, S + 2, S + 2, S + 2), np.float32), pd.DataFrame(index=[0]), None)
     with pytest.raises(CryoNBError, match=rf"trained on {S}³ boxes"):
         classify_predict(best, wrong_box)
+
+
+def test_runs_on_different_data_never_share_a_folder(tmp_path: Path) -> None:
+    from cryonb.finetune import data_key, run_dir
+
+    a, b = (FinetuneConfig(**{**CFG.__dict__, "data_key": data_key([name])}) for name in ("cssl-snr0.1-n100-s0-aaa", "cssl-snr0.1-n80-s0-bbb"))
+    assert run_dir(tmp_path, a, 0.1, "random", 1.0, 0) != run_dir(tmp_path, b, 0.1, "random", 1.0, 0)
+    assert data_key(["x", "y"]) == data_key(["y", "x"]) and len(data_key(["x"])) == 12
