@@ -160,3 +160,12 @@ def test_bad_snr_and_no_classes() -> None:
 def test_star_needs_coordinates(tmp_path: Path) -> None:
     with pytest.raises(CryoNBError, match=r"picks.star: particle table lacks column\(s\) \['z'\]"):
         write_coordinates_star(tmp_path / "picks.star", pd.DataFrame({"x": [1.0], "y": [2.0]}))
+
+
+def test_paste_block_clips_each_axis_of_a_non_cubic_volume() -> None:
+    from cryonb.simulate.scene import paste_block
+
+    volume = np.zeros((4, 10, 6), np.float32)
+    paste_block(volume, np.ones((4, 4, 4), np.float32), np.array([3, 8, 5]))  # overhangs z (4), y (10) and x (6)
+    # z rows 1..4 → 1..3 (3), y 6..9 (4, inside), x 3..6 → 3..5 (3): each axis clipped to its own size
+    assert volume.sum() == 3 * 4 * 3 and volume[1:4, 6:10, 3:6].min() == 1

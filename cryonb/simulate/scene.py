@@ -66,23 +66,23 @@ def rotate_map(density: np.ndarray, rotation: Rotation, shift_vox: np.ndarray) -
     return out[0, 0].numpy()
 
 
-def _paste(scene: np.ndarray, block: np.ndarray, centre_index: np.ndarray) -> None:
-    """Add a (t, t, t) block whose centre (index t/2) goes to integer scene index ``centre_index``; clip at edges."""
-    s, t = scene.shape[0], block.shape[0]
+def paste_block(volume: np.ndarray, block: np.ndarray, centre_index: np.ndarray) -> None:
+    """Add a (t, t, t) block whose index t/2 lands on integer index ``centre_index`` (z, y, x) of a volume of
+    any shape; the parts outside are clipped."""
+    t, shape = block.shape[0], np.array(volume.shape)
     lo = centre_index - t // 2
-    a0 = np.maximum(lo, 0)
-    a1 = np.minimum(lo + t, s)
+    a0, a1 = np.maximum(lo, 0), np.minimum(lo + t, shape)
     if np.any(a1 <= a0):
         return
     b0 = a0 - lo
     b1 = b0 + (a1 - a0)
-    scene[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]] += block[b0[0]:b1[0], b0[1]:b1[1], b0[2]:b1[2]]
+    volume[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]] += block[b0[0]:b1[0], b0[1]:b1[1], b0[2]:b1[2]]
 
 
 def _place(scene: np.ndarray, m: MoleculeMap, rot: Rotation, offset_vox: np.ndarray) -> np.ndarray:
     whole = np.round(offset_vox).astype(np.int64)
     block = rotate_map(m.density, rot, offset_vox - whole)
-    _paste(scene, block, scene.shape[0] // 2 + whole)
+    paste_block(scene, block, scene.shape[0] // 2 + whole)
     return block
 
 
@@ -112,7 +112,7 @@ def make_scene(
     rot = random_rotation(rng)
     shift = rng.uniform(-config.max_shift_vox, config.max_shift_vox, size=3)
     block = rotate_map(tgt.density, rot, shift - np.round(shift))
-    _paste(target, block, s // 2 + np.round(shift).astype(np.int64))
+    paste_block(target, block, s // 2 + np.round(shift).astype(np.int64))
     volume += target
     placements = [Placement(target_class, tuple(rot.as_euler("ZYZ", degrees=True)), tuple(shift))]
     spheres = [(shift, tgt.radius_a / config.voxel_size_a)]

@@ -36,7 +36,7 @@ from cryonb.simulate.config import SimulationConfig, check_snr
 from cryonb.simulate.density import MoleculeMap, molecule_map
 from cryonb.simulate.imaging import fast_filters
 from cryonb.simulate.optics import mtf_of_k, transfer_of_k
-from cryonb.simulate.scene import random_rotation, rotate_map
+from cryonb.simulate.scene import paste_block, random_rotation, rotate_map
 
 __all__ = [
     "SimulatedTomogram",
@@ -147,18 +147,6 @@ def place_particles(
     return pd.DataFrame({"x": zyx[:, 2], "y": zyx[:, 1], "z": zyx[:, 0], "class_id": classes.astype(int), "near_border": np.arange(total) >= n_particles})
 
 
-def _paste(volume: np.ndarray, block: np.ndarray, centre_index: np.ndarray) -> None:
-    """Add a (t, t, t) block whose index t/2 lands on ``centre_index`` (z, y, x); parts outside are clipped."""
-    t, shape = block.shape[0], np.array(volume.shape)
-    lo = centre_index - t // 2
-    a0, a1 = np.maximum(lo, 0), np.minimum(lo + t, shape)
-    if np.any(a1 <= a0):
-        return
-    b0 = a0 - lo
-    b1 = b0 + (a1 - a0)
-    volume[a0[0]:a1[0], a0[1]:a1[1], a0[2]:a1[2]] += block[b0[0]:b1[0], b0[1]:b1[1], b0[2]:b1[2]]
-
-
 def _interpolate_rfft(table: np.ndarray, shape: tuple[int, int, int]) -> torch.Tensor:
     """Resample an (s, s, s//2+1) rfft-layout table, a function of frequency in cycles per voxel, onto
     the rfft grid of ``shape`` (trilinear; exact where the grids' frequencies coincide)."""
@@ -209,7 +197,7 @@ def _scene(shape: tuple[int, int, int], maps: list[MoleculeMap], particles: pd.D
     for zyx, cls in zip(particles[["z", "y", "x"]].to_numpy(), particles["class_id"]):
         rot = random_rotation(rng)
         whole = np.round(zyx).astype(np.int64)
-        _paste(volume, rotate_map(maps[int(cls)].density, rot, zyx - whole), whole)
+        paste_block(volume, rotate_map(maps[int(cls)].density, rot, zyx - whole), whole)
         eulers.append(";".join(f"{a:.4f}" for a in rot.as_euler("ZYZ", degrees=True)))
     return volume, eulers
 
