@@ -24,10 +24,10 @@
 # **What you need:** the CSSL data set of notebook 01 (made on demand). Checkpoints land in
 # `runs/<profile>/cssl/` and notebook 04 reuses them.
 #
-# Run time: quick ≈ 5 min on a 2-core CPU (≈ 90 s per method); smoke ≈ 20 s; paper: the paper's 200 epochs on a GPU.
+# Run time: quick ≈ 6.5 min on an idle 2-core CPU (measured 385 s; ≈ 2 min per method); smoke ≈ 20 s; paper: the paper's 200 epochs on a GPU.
 #
 # **What the quick profile can and cannot show.** The paper pre-trains for 200 epochs on 3,000 subtomograms
-# with Adam at 1e-4. Here a 2-core CPU trains an RB3D 8 channels wide at ≈ 40 pairs of views/s, so the quick
+# with Adam at 1e-4. Here a 2-core CPU trains an RB3D 8 channels wide at ≈ 30 pairs of views/s, so the quick
 # profile pre-trains each method for 6 epochs on the 600 training subtomograms of one SNR, at lr 1e-3 (at
 # 1e-4, 75 steps left the weights close to their start). It shows the machinery working end to end and
 # whether a short pre-training already moves the probes above random initialisation; it cannot show the
