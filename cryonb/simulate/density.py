@@ -118,7 +118,7 @@ def potential_map(
     spectrum = np.fft.fftshift(spectrum, axes=(0, 1))
     lo = n_fine // 2 - size // 2
     spectrum = np.fft.ifftshift(spectrum[lo : lo + size, lo : lo + size, : size // 2 + 1], axes=(0, 1))
-    density = np.fft.irfftn(spectrum, s=(size, size, size)) * (size**3 / n_fine**3) / pix**3
+    density = np.fft.irfftn(spectrum, s=(size, size, size), axes=(0, 1, 2)) * (size**3 / n_fine**3) / pix**3
     return density.astype(np.float32)
 
 
