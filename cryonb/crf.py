@@ -189,6 +189,11 @@ class _BilateralGrid:
         return (grid[self.index] * self.weight).reshape(16, self.n_voxels, -1).sum(0)
 
 
+def _complete(filtered_head: torch.Tensor, filtered_ones: torch.Tensor, dim: int = 1) -> torch.Tensor:
+    """Append the last label's filtered marginal, K·1 − Σ of the others, along ``dim``."""
+    return torch.cat([filtered_head, filtered_ones - filtered_head.sum(dim, keepdim=True)], dim)
+
+
 def dense_crf(unary: torch.Tensor, image: torch.Tensor, params: CRFParams = CRFParams()) -> torch.Tensor:
     """Mean-field inference of the fully connected 3-D CRF.
 
@@ -210,12 +215,18 @@ def dense_crf(unary: torch.Tensor, image: torch.Tensor, params: CRFParams = CRFP
         return q
     b, l, *size = unary.shape
     grids = [_BilateralGrid(image[i, 0], params.sigma_pos_vox, params.sigma_int, params.oversample) for i in range(b)] if params.w_bilateral > 0 else []
+    # The filters are linear and Σ_l q_l = 1, so the last label's message is K·1 − Σ_{l<L} K·q_l: filter
+    # L−1 channels per iteration and K·1 once (halves the work for the usual two labels; exact).
+    ones = torch.ones_like(q[:, :1])
+    spatial_ones = _spatial_filter(ones, params.sigma_smooth_vox) if params.w_spatial > 0 else None
+    bilateral_ones = [g(ones[i].reshape(1, -1).t()) for i, g in enumerate(grids)]
     for _ in range(params.n_iter):
         message = torch.zeros_like(q)
-        if params.w_spatial > 0:
-            message += params.w_spatial * (_spatial_filter(q, params.sigma_smooth_vox) - q)
-        if params.w_bilateral > 0:
-            bil = torch.stack([grids[i](q[i].reshape(l, -1).t()).t().reshape(l, *size) for i in range(b)])
+        if spatial_ones is not None:
+            message += params.w_spatial * (_complete(_spatial_filter(q[:, :-1], params.sigma_smooth_vox), spatial_ones) - q)
+        if grids:
+            bil = torch.stack([_complete(grids[i](q[i, :-1].reshape(l - 1, -1).t()), bilateral_ones[i], dim=1).t().reshape(l, *size)
+                               for i in range(b)])
             message += params.w_bilateral * (bil - q)
         # Potts: E_i(l) = U_i(l) + Σ_{l'≠l} m_i(l') = U_i(l) - m_i(l) + const
         q = torch.softmax(-unary + message, dim=1)

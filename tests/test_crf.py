@@ -97,3 +97,15 @@ def test_selection_rejects_parameters_that_wipe_the_mask_at_snr_half() -> None:
     assert rows[1]["dice"] > before  # the chosen CRF improves on the thresholded network output
     with pytest.raises(CryoNBError, match="wiped the mask"):
         select_crf_params(rows[:1])
+
+
+def test_last_label_message_from_the_filtered_ones_equals_filtering_it() -> None:
+    from cryonb.crf import _BilateralGrid, _complete
+
+    torch.manual_seed(0)
+    image = torch.randn(8, 8, 8)
+    q = torch.softmax(torch.randn(8 * 8 * 8, 3), dim=1)  # rows sum to one, as mean-field marginals do
+    grid = _BilateralGrid(image, sigma_pos=2.0, sigma_int=1.0, oversample=1.0)
+    direct = grid(q)
+    completed = _complete(grid(q[:, :-1]), grid(torch.ones(len(q), 1)))
+    assert torch.allclose(direct, completed, atol=1e-4)
