@@ -1,5 +1,18 @@
-"""Shared test set-up: non-interactive plotting, and warnings from our own code are errors."""
+"""Shared test set-up: non-interactive plotting, and one torch thread for modules of tiny networks."""
 
 import os
 
+import pytest
+import torch
+
 os.environ.setdefault("MPLBACKEND", "Agg")
+
+
+@pytest.fixture(scope="module")
+def one_torch_thread():  # noqa: ANN201
+    """Tiny networks: thread start-up and OpenMP hand-offs cost more than they save (20–100× slower on a
+    busy 2-core machine). Use with ``pytestmark = pytest.mark.usefixtures("one_torch_thread")``."""
+    before = torch.get_num_threads()
+    torch.set_num_threads(1)
+    yield
+    torch.set_num_threads(before)

@@ -17,13 +17,7 @@ from cryonb.explain import (
     rank_correlation,
 )
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions: thread start-up dominates, and on a busy 2-core machine 2 threads can be 100x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 N = 16  # input grid of the synthetic task (small: trains in ~2 s on 2 cores)

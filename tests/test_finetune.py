@@ -11,13 +11,7 @@ from cryonb import CryoNBError
 from cryonb.finetune import FinetuneConfig, accuracy_table, confusion_matrix, finetune_run, load_finetuned, load_predictions, sweep
 from cryonb.models.rb3d import RB3D
 
-@pytest.fixture(autouse=True, scope="module")
-def _one_thread():
-    # tiny convolutions: thread start-up dominates, and on a busy 2-core machine 2 threads can be 100x slower
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 S = 12  # tiny volumes keep each run well under a second

@@ -20,13 +20,7 @@ from cryonb.predict import load_checkpoint, load_subtomograms, oneshot_predict, 
 BOX = 16
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    """Tiny networks: OpenMP hand-offs cost more than they save (20x slower on a busy 2-core machine)."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _subtomos(folder: Path, n: int = 6, seed: int = 0) -> Path:

@@ -23,12 +23,7 @@ BOX_A = 160.0  # 16 voxels of 10 Å
 SMALL = ["3gl1", "4d4r"]  # radius 40 and 35 Å: 4 voxels
 
 
-@pytest.fixture(autouse=True)
-def _one_torch_thread() -> object:
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 
 def _tomogram(snr: float = 0.5, seed: int = 0, n: int = 5, n_border: int = 2):  # type: ignore[no-untyped-def]
