@@ -12,6 +12,7 @@ with the same ``extract`` call (``--mrc``) and copy the ones you choose.
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -179,18 +180,24 @@ def read_support(folder: str | os.PathLike[str], box: int, voxel_size_a: float |
     return Support(list(files), np.stack(volumes), np.array(class_of))
 
 
+def _instantiate(source: str, model_name: str, advice: str, build: Callable[[], torch.nn.Module],
+                 state: dict[str, torch.Tensor]) -> Any:
+    """Build a model and load its weights; any mismatch becomes one clear error naming the checkpoint."""
+    try:
+        net = build()
+        net.load_state_dict(state)
+    except (TypeError, KeyError, RuntimeError, CryoNBError) as exc:
+        raise CryoNBError(
+            f"{source}: {model_name} checkpoint incompatible with this cryonb version ({' '.join(str(exc).split())[:300]}); {advice}"
+        ) from exc
+    return net.eval()
+
+
 def _load_cosnet(payload: dict[str, Any], source: str) -> Any:
     from cryonb.models.cosnet import COSNet, COSNetConfig
 
-    try:
-        net = COSNet(COSNetConfig(**payload["model_config"]))
-        net.load_state_dict(payload["model"])
-    except (TypeError, KeyError, RuntimeError, CryoNBError) as exc:
-        raise CryoNBError(
-            f"{source}: COS-Net checkpoint incompatible with this cryonb version ({' '.join(str(exc).split())[:300]}); "
-            "retrain it with this version"
-        ) from exc
-    return net.eval()
+    return _instantiate(source, "COS-Net", "retrain it with this version",
+                        lambda: COSNet(COSNetConfig(**payload["model_config"])), payload["model"])
 
 
 @torch.no_grad()
@@ -266,15 +273,8 @@ def _load_rb3d(payload: dict[str, Any], source: str) -> Any:
 
     # DDP checkpoints prefix every key with "module.".
     state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
-    try:
-        net = RB3D(_rb3d_config(payload, state, RB3DConfig))
-        net.load_state_dict(state)
-    except (TypeError, KeyError, RuntimeError, CryoNBError) as exc:
-        raise CryoNBError(
-            f"{source}: RB3D checkpoint incompatible with this cryonb version ({' '.join(str(exc).split())[:300]}); "
-            "retrain or re-export it with this version"
-        ) from exc
-    return net.eval()
+    return _instantiate(source, "RB3D", "retrain or re-export it with this version",
+                        lambda: RB3D(_rb3d_config(payload, state, RB3DConfig)), state)
 
 
 def _rb3d_config(payload: dict[str, Any], state: dict[str, torch.Tensor], config_cls: Any) -> Any:
