@@ -34,6 +34,7 @@ import sys
 import tempfile
 import time
 import tracemalloc
+from collections.abc import Iterator
 from pathlib import Path
 
 import mrcfile
@@ -43,44 +44,39 @@ import pandas as pd
 SHAPE = (200, 512, 512)  # z, y, x
 
 
-def _plain(tomogram: Path, coords_csv: Path, crop: int) -> np.ndarray:
-    """Reference: whole tomogram in RAM, one NumPy slice per particle, z-scored; no rescaling."""
+def _plain_crops(tomogram: Path, coords_csv: Path, crop: int) -> Iterator[np.ndarray]:
+    """Whole tomogram in RAM, one NumPy slice per particle; border boxes padded with their mean."""
     data = mrcfile.read(tomogram)
     xyz = pd.read_csv(coords_csv)[["x", "y", "z"]].to_numpy()
-    out = np.empty((len(xyz), crop, crop, crop), dtype=np.float32)
     shape = np.array(data.shape)
-    for i, (x, y, z) in enumerate(xyz):
+    for x, y, z in xyz:
         s = np.rint([z, y, x]).astype(int) - crop // 2
         lo, hi = np.maximum(s, 0), np.minimum(s + crop, shape)
         part = data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
         if (lo != s).any() or (hi != s + crop).any():
             part = np.pad(part, list(zip(lo - s, s + crop - hi)), constant_values=part.mean())
-        out[i] = (part - part.mean()) / part.std()
-    return out
+        yield part
+
+
+def _plain(tomogram: Path, coords_csv: Path, crop: int) -> np.ndarray:
+    """Reference: the plain crops, z-scored; no rescaling."""
+    return np.stack([((p - p.mean()) / p.std()).astype(np.float32) for p in _plain_crops(tomogram, coords_csv, crop)])
 
 
 def _plain_rescaled(tomogram: Path, coords_csv: Path, crop: int, box: int) -> np.ndarray:
-    """Reference 2, the same output as ours the plain way: the loop above plus a per-particle
+    """Reference 2, the same output as ours the plain way: the plain crops plus a per-particle
     ``numpy.fft`` rescale (fftn, fftshift, central crop/pad of the spectrum, ifftn); no sub-voxel shift."""
-    data = mrcfile.read(tomogram)
-    xyz = pd.read_csv(coords_csv)[["x", "y", "z"]].to_numpy()
-    out = np.empty((len(xyz), box, box, box), dtype=np.float32)
-    shape = np.array(data.shape)
     m = min(crop, box)
     src = slice(crop // 2 - m // 2, crop // 2 - m // 2 + m)
     dst = slice(box // 2 - m // 2, box // 2 - m // 2 + m)
-    for i, (x, y, z) in enumerate(xyz):
-        s = np.rint([z, y, x]).astype(int) - crop // 2
-        lo, hi = np.maximum(s, 0), np.minimum(s + crop, shape)
-        part = data[lo[0] : hi[0], lo[1] : hi[1], lo[2] : hi[2]]
-        if (lo != s).any() or (hi != s + crop).any():
-            part = np.pad(part, list(zip(lo - s, s + crop - hi)), constant_values=part.mean())
+    out = []
+    for part in _plain_crops(tomogram, coords_csv, crop):
         spec = np.fft.fftshift(np.fft.fftn(part))
         small = np.zeros((box, box, box), dtype=spec.dtype)
         small[dst, dst, dst] = spec[src, src, src]
         v = np.fft.ifftn(np.fft.ifftshift(small)).real
-        out[i] = (v - v.mean()) / v.std()
-    return out
+        out.append(((v - v.mean()) / v.std()).astype(np.float32))
+    return np.stack(out)
 
 
 def _ours(tomogram: Path, coords_csv: Path, box: int, voxel_size_a: float) -> np.ndarray:
