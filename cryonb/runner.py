@@ -19,7 +19,7 @@ import nbformat
 import papermill
 import yaml
 
-from cryonb.budget import PartDone, set_deadline
+from cryonb.budget import PartDone, clear_deadline, set_deadline
 from cryonb.errors import CryoNBError
 from cryonb.io import atomic_path, write_text_atomic
 from cryonb.paths import repo_root
@@ -175,19 +175,25 @@ def run_all(profile: str, only: list[str] | None = None, results_dir: Path | Non
     out = results_dir or root / "results" / profile
     work = work_dir or root / "runs" / profile
     results = []
+    stopped: PartDone | None = None
     total_start = time.perf_counter()
-    for i, nb in enumerate(chosen, 1):
-        print(f"[{i}/{len(chosen)}] {nb.stem} (profile {profile}) ...", flush=True)
-        try:
-            result = run_notebook(nb, profile, params.get(nb.stem, {}), out, work)
-        except PartDone:
-            _summary(results, time.perf_counter() - total_start)
-            _record_timings(out, profile, results)
-            raise
-        print(f"[{i}/{len(chosen)}] {nb.stem} done in {result.wall_s:.1f} s", flush=True)
-        results.append(result)
+    try:
+        for i, nb in enumerate(chosen, 1):
+            print(f"[{i}/{len(chosen)}] {nb.stem} (profile {profile}) ...", flush=True)
+            try:
+                result = run_notebook(nb, profile, params.get(nb.stem, {}), out, work)
+            except PartDone as exc:  # the budget ran out: report what finished, then say so
+                stopped = exc
+                break
+            print(f"[{i}/{len(chosen)}] {nb.stem} done in {result.wall_s:.1f} s", flush=True)
+            results.append(result)
+    finally:
+        if max_minutes is not None:
+            clear_deadline()  # the budget belongs to this call, not to the rest of the process
     _summary(results, time.perf_counter() - total_start)
     _record_timings(out, profile, results)
+    if stopped is not None:
+        raise stopped
     return results
 
 

@@ -133,3 +133,11 @@ def test_cosnet_training_stops_at_a_partial_checkpoint_and_resumes(tmp_path: Pat
     resumed, _ = load_cosnet(ensure_cosnet("SCNN", "toy", CFG, tmp_path / "b", dataset=ds))
     for k, v in straight.state_dict().items():
         assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-6), k
+
+
+def test_run_all_keeps_its_budget_to_itself(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import cryonb.runner as runner
+
+    monkeypatch.setattr(runner, "select_notebooks", lambda only: [])
+    runner.run_all("smoke", max_minutes=5, results_dir=tmp_path / "out", work_dir=tmp_path / "work")
+    assert budget.time_left() is None
