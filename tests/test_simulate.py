@@ -10,6 +10,7 @@ import pytest
 import torch
 
 from cryonb.errors import CryoNBError
+from cryonb.simulate.optics import measured_mtf_path
 from cryonb.simulate import (
     DatasetRecipe,
     SimulationConfig,
@@ -21,9 +22,11 @@ from cryonb.simulate import (
     ctf_zeros_inv_a,
     ensure_dataset,
     generate_dataset,
+    irfftn_center_crop,
     load_maps,
     make_scene,
     molecule_map,
+    mtf_of_k,
     project_tilt_series,
     reconstruct_tilt_series,
     simulate_fast,
@@ -59,6 +62,34 @@ def test_ctf_zeros_at_analytic_frequencies() -> None:
 
 
 # ---- projection and reconstruction -----------------------------------------------------------
+
+def test_measured_mtf_follows_the_detector_curve_at_the_detector_pixel() -> None:
+    import starfile
+
+    cfg = SimulationConfig()  # default: measured K3 at 300 kV
+    table = starfile.read(measured_mtf_path(cfg.detector_mtf))
+    f, value = table["rlnResolutionInversePixel"].to_numpy(), table["rlnMtfValue"].to_numpy()
+    # the curve is in cycles per detector pixel: k (1/Å) = f / detector_pixel_a
+    got = mtf_of_k(torch.tensor(f / cfg.detector_pixel_a), cfg).numpy()
+    np.testing.assert_allclose(got, value, atol=1e-9)
+    # halfway between two table points: the linear interpolant
+    mid = mtf_of_k(torch.tensor([(f[3] + f[4]) / 2 / cfg.detector_pixel_a]), cfg).item()
+    assert mid == pytest.approx((value[3] + value[4]) / 2, abs=1e-9)
+    ideal = SimulationConfig(detector_mtf="ideal")
+    k = torch.tensor([0.0, 0.1, 0.2])  # 1/Å; ideal = sinc(pi k pixel), 0.25 and 0.5 cycles per pixel
+    np.testing.assert_allclose(mtf_of_k(k, ideal).numpy(), [1.0, np.sinc(0.25), np.sinc(0.5)], atol=1e-12)
+
+
+def test_unknown_detector_is_named() -> None:
+    with pytest.raises(CryoNBError, match="detector_mtf='k9'.*k3_standard_300kV_FL2"):
+        SimulationConfig(detector_mtf="k9")
+
+
+def test_cropped_inverse_fft_equals_the_crop_of_the_full_inverse() -> None:
+    spec = torch.fft.rfftn(torch.randn(24, 24, 24, generator=torch.Generator().manual_seed(3)))
+    full = crop_center(torch.fft.irfftn(spec, s=(24, 24, 24)), 10)
+    np.testing.assert_allclose(irfftn_center_crop(spec, 24, 10), full, atol=1e-5)
+
 
 def test_projection_of_gaussian_equals_line_integral() -> None:
     n, sigma = 32, 2.5

@@ -34,6 +34,7 @@ class SimulationConfig:
     defocus_um_max: float = 6.0
     b_factor_a2: float = 100.0  # envelope exp(-B k^2 / 4): dose, drift, ice
     detector_pixel_a: float = 2.5  # physical pixel; the 10 Å voxel is a binned pixel
+    detector_mtf: str = "k3_standard_300kV_FL2"  # measured Gatan K3 at 300 kV (ttsim3d), or "ideal"
     mask_volume_factor: float = 1.0  # mask volume = factor x protein volume (1.21 Å^3/Da)
     path: str = "fast"  # "fast" (3-D Fourier filter) or "tiltseries" (reference)
 
@@ -55,6 +56,9 @@ class SimulationConfig:
         need(0 < self.defocus_um_min <= self.defocus_um_max, "defocus_um_min", "0 < defocus_um_min <= defocus_um_max (underfocus, µm)")
         need(self.b_factor_a2 >= 0, "b_factor_a2", ">= 0 Å^2")
         need(0 < self.detector_pixel_a <= self.voxel_size_a, "detector_pixel_a", f"0 < pixel <= voxel_size_a={self.voxel_size_a}")
+        from cryonb.simulate.optics import detector_names  # here: optics imports this module
+
+        need(self.detector_mtf in detector_names(), "detector_mtf", f"one of {', '.join(detector_names())}")
         need(self.mask_volume_factor > 0, "mask_volume_factor", "> 0")
         need(self.path in ("fast", "tiltseries"), "path", "'fast' or 'tiltseries'")
 

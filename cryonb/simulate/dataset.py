@@ -34,7 +34,7 @@ from cryonb.io import write_text_atomic
 from cryonb.paths import generated_dir, resolve
 from cryonb.simulate.config import SimulationConfig, check_snr
 from cryonb.simulate.density import MoleculeMap, molecule_map
-from cryonb.simulate.imaging import crop_center, fast_filters, simulate_fast, simulate_tiltseries
+from cryonb.simulate.imaging import crop_center, prepare, simulate_fast, simulate_tiltseries
 from cryonb.simulate.scene import make_scene
 from cryonb.structures import ALL_CLASSES, CSSL_CLASSES
 
@@ -55,7 +55,7 @@ __all__ = [
 #: pre-trained on the CSSL classes has never seen them either. The paper used 22 classes (14 seen,
 #: 8 unseen), not all public; we have 15 (10 seen, 5 unseen).
 COSNET_UNSEEN_CLASSES: tuple[str, ...] = ("1w6t", "2bo9", "2gho", "3d2f", "3h84")
-_FORMAT_VERSION = 3  # bump when the simulator changes what a recipe produces
+_FORMAT_VERSION = 4  # bump when the simulator changes what a recipe produces
 
 
 @dataclass(frozen=True)
@@ -253,16 +253,26 @@ def simulate_sample(recipe: DatasetRecipe, index: int, maps: list[MoleculeMap]) 
 _WORKER: dict[str, Any] = {}
 
 
-def _init_worker(recipe_dict: dict[str, Any], maps: list[MoleculeMap]) -> None:
+def _init_worker(recipe_dict: dict[str, Any], maps: list[MoleculeMap], partial: Path) -> None:
     torch.set_num_threads(1)  # parallelism comes from the processes
     _WORKER["recipe"] = DatasetRecipe.from_dict(recipe_dict)
     _WORKER["maps"] = maps
+    # each worker writes its chunks straight into the memory-mapped arrays: no volume crosses a pipe
+    _WORKER["volumes"] = np.load(partial / "volumes.npy", mmap_mode="r+")
+    _WORKER["masks"] = np.load(partial / "masks.npy", mmap_mode="r+")
 
 
-def _run_chunk(bounds: tuple[int, int]) -> tuple[int, np.ndarray, np.ndarray, list[dict[str, Any]]]:
+def _run_chunk(bounds: tuple[int, int]) -> tuple[int, int, list[dict[str, Any]]]:
+    """Simulate samples [start, stop), write them into the arrays and flush; returns (start, stop, rows)."""
     recipe, maps = _WORKER["recipe"], _WORKER["maps"]
-    outs = [simulate_sample(recipe, i, maps) for i in range(*bounds)]
-    return bounds[0], np.stack([o[0] for o in outs]), np.stack([o[1] for o in outs]), [o[2] for o in outs]
+    volumes, masks = _WORKER["volumes"], _WORKER["masks"]
+    rows = []
+    for i in range(*bounds):
+        volumes[i], masks[i], row = simulate_sample(recipe, i, maps)
+        rows.append(row)
+    volumes.flush()
+    masks.flush()
+    return bounds[0], bounds[1], rows
 
 
 def _sha256(path: Path) -> str:
@@ -284,48 +294,44 @@ def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_work
     partial = root.with_name(root.name + ".partial")
     partial.mkdir(parents=True, exist_ok=True)
     maps = load_maps(recipe)
-    if recipe.simulation.path == "fast":
-        fast_filters(recipe.simulation)  # measure once here, not in every worker
+    prepare(recipe.simulation)  # once here, not in every worker
     n, c = recipe.n_total, recipe.simulation.crop_size
     done_path = partial / "chunks_done.json"
     done: set[int] = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
     mode = "r+" if done and (partial / "volumes.npy").is_file() else "w+"
     if mode == "w+":
         done = set()
-    volumes = np.lib.format.open_memmap(partial / "volumes.npy", mode=mode, dtype=np.float32, shape=(n, c, c, c))
-    masks = np.lib.format.open_memmap(partial / "masks.npy", mode=mode, dtype=np.uint8, shape=(n, c, c, c))
+    if mode == "w+":  # create the arrays; the workers fill them in place
+        for name, dtype in (("volumes.npy", np.float32), ("masks.npy", np.uint8)):
+            np.lib.format.open_memmap(partial / name, mode="w+", dtype=dtype, shape=(n, c, c, c))  # header + zeros
     (partial / "rows").mkdir(exist_ok=True)
     chunks_all = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
     chunks = [ch for ch in chunks_all if ch[0] not in done]
     workers = n_workers if n_workers is not None else min(2, os.cpu_count() or 1)
     bar = tqdm(total=n, initial=n - sum(b - a for a, b in chunks), desc=recipe.name, disable=not progress, unit="subtomo")
 
-    def store(result: tuple[int, np.ndarray, np.ndarray, list[dict[str, Any]]]) -> None:
-        start, vol, msk, rows = result
-        volumes[start : start + len(vol)] = vol
-        masks[start : start + len(vol)] = msk
+    def store(result: tuple[int, int, list[dict[str, Any]]]) -> None:
+        start, stop, rows = result  # the arrays were written and flushed by the worker
         pd.DataFrame(rows).to_csv(partial / "rows" / f"{start:08d}.csv", index=False)
-        volumes.flush()
-        masks.flush()
         done.add(start)
         write_text_atomic(done_path, json.dumps(sorted(done)))
-        bar.update(len(vol))
+        bar.update(stop - start)
         if len(done) < len(chunks_all):
             budget.check(f"{len(done)}/{len(chunks_all)} chunks of {recipe.name} ({partial})")
 
     if workers <= 1 or len(chunks) <= 2:
-        _init_worker(recipe.to_dict(), maps)
+        _init_worker(recipe.to_dict(), maps, partial)
         for ch in chunks:
             store(_run_chunk(ch))
+        _WORKER.clear()  # drop this process's memmaps before the folder is renamed
     else:
         # fork: no re-import of __main__ (scripts need no guard) and instant start; children run
         # torch single-threaded, so they never enter an OpenMP region inherited from the parent
         ctx = mp.get_context("fork")
-        with ctx.Pool(workers, initializer=_init_worker, initargs=(recipe.to_dict(), maps)) as pool:
+        with ctx.Pool(workers, initializer=_init_worker, initargs=(recipe.to_dict(), maps, partial)) as pool:
             for result in pool.imap(_run_chunk, chunks):
                 store(result)
     bar.close()
-    del volumes, masks
     meta = pd.concat([pd.read_csv(p, keep_default_na=False) for p in sorted((partial / "rows").glob("*.csv"))])
     meta = meta.sort_values("index").reset_index(drop=True)
     split, class_split = _splits(recipe)

@@ -42,7 +42,9 @@ __all__ = [
     "simulate_tiltseries",
     "simulate_fast",
     "fast_filters",
+    "prepare",
     "crop_center",
+    "irfftn_center_crop",
     "combine_at_snr",
 ]
 
@@ -182,6 +184,37 @@ def _radial_index(n: int, voxel_size_a: float, n_bins: int) -> tuple[torch.Tenso
     return idx, k_table
 
 
+def irfftn_center_crop(spec: torch.Tensor, s: int, size: int) -> np.ndarray:
+    """Central ``size``³ crop of ``irfftn(spec, s=(s, s, s))`` as float64.
+
+    Inverts one axis at a time and crops after each, so later passes are smaller: exact, and for
+    size = s/2 about 60 % of the full inverse's work. Written by hand: no FFT library crops between axes.
+    """
+    lo = s // 2 - size // 2
+    x = torch.fft.ifft(spec, dim=0)[lo : lo + size]
+    x = torch.fft.ifft(x, dim=1)[:, lo : lo + size]
+    x = torch.fft.irfft(x, n=s, dim=2)[:, :, lo : lo + size]
+    return x.numpy().astype(np.float64)
+
+
+@lru_cache(maxsize=4)
+def _noise_amplitude(config_json: str) -> torch.Tensor:
+    """sqrt(G) × MTF on the rfft grid: the reconstructed noise's amplitude spectrum (per geometry)."""
+    config = SimulationConfig.from_dict(json.loads(config_json))
+    s = config.scene_size
+    _, _, sqrt_g = _filters_cached(config_json)
+    idx, k_table = _radial_index(s, config.voxel_size_a, 4096)
+    return sqrt_g * mtf_of_k(k_table, config).to(torch.float32)[idx]
+
+
+def prepare(config: SimulationConfig) -> None:
+    """Load or measure, once, everything a sample of this config needs (the fast path's filters, the
+    measured MTF), so that worker processes forked afterwards inherit it instead of each redoing it."""
+    mtf_of_k(torch.zeros(1), config)
+    if config.path == "fast":
+        _noise_amplitude(json.dumps(config.to_dict(), sort_keys=True))
+
+
 def simulate_fast(scene: np.ndarray, defocus_um: float, snr: float, config: SimulationConfig,
                   rng: np.random.Generator) -> Subtomogram:
     """Fast path: one 3-D filter for the signal, one coloured Gaussian field for the noise.
@@ -190,17 +223,18 @@ def simulate_fast(scene: np.ndarray, defocus_um: float, snr: float, config: Simu
     and gathered; no fftshift is needed because a circular convolution commutes with the shift.
     """
     s = scene.shape[0]
-    a, g, sqrt_g = _filters_cached(json.dumps(config.to_dict(), sort_keys=True))
+    key = json.dumps(config.to_dict(), sort_keys=True)
+    a, _, _ = _filters_cached(key)
     idx, k_table = _radial_index(s, config.voxel_size_a, 4096)
     h = a * transfer_of_k(k_table, defocus_um, config).to(torch.float32)[idx]
-    vol = torch.as_tensor(scene, dtype=torch.float32)
-    rec = torch.fft.irfftn(torch.fft.rfftn(vol) * h, s=(s, s, s))
-    signal = crop_center(rec, config.crop_size)
+    spec = torch.fft.rfftn(torch.as_tensor(scene, dtype=torch.float32))
+    torch.view_as_real(spec).mul_(h[..., None])  # real filter on (re, im) pairs: 8x faster than complex * real
+    signal = irfftn_center_crop(spec, s, config.crop_size)
     if math.isinf(snr):
         return combine_at_snr(signal, signal, snr)
-    # white noise drawn directly in Fourier space (complex normal per rfft bin) saves one FFT
-    white = torch.from_numpy(rng.standard_normal((2,) + tuple(g.shape), dtype=np.float32))
-    spec = torch.complex(white[0], white[1])
-    amp = sqrt_g * mtf_of_k(k_table, config).to(torch.float32)[idx]
-    noise = crop_center(torch.fft.irfftn(spec * amp, s=(s, s, s)), config.crop_size)
+    # white noise drawn directly in Fourier space (complex normal per rfft bin) saves one FFT; torch's
+    # normal sampler is 3x faster than numpy's here, seeded from the sample's own generator
+    gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
+    white = torch.randn(tuple(a.shape) + (2,), generator=gen).mul_(_noise_amplitude(key)[..., None])
+    noise = irfftn_center_crop(torch.view_as_complex(white), s, config.crop_size)
     return combine_at_snr(signal, noise, snr)

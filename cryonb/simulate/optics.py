@@ -6,14 +6,20 @@ protein appears dark, as in real tomograms.
 
 from __future__ import annotations
 
+import importlib.resources
+from functools import lru_cache
+from pathlib import Path
+
 import numpy as np
+import starfile
 import torch
 from torch_ctf import calculate_ctf_1d
 from torch_ctf.ctf_utils import calculate_total_phase_shift
 
+from cryonb.errors import CryoNBError
 from cryonb.simulate.config import SimulationConfig
 
-__all__ = ["ctf_of_k", "mtf_of_k", "envelope_of_k", "transfer_of_k", "ctf_zeros_inv_a", "ctf_curve"]
+__all__ = ["ctf_of_k", "mtf_of_k", "measured_mtf", "measured_mtf_path", "detector_names", "IDEAL_DETECTOR", "envelope_of_k", "transfer_of_k", "ctf_zeros_inv_a", "ctf_curve"]
 
 
 def ctf_of_k(k_inv_a: torch.Tensor, defocus_um: float, config: SimulationConfig) -> torch.Tensor:
@@ -30,12 +36,50 @@ def ctf_of_k(k_inv_a: torch.Tensor, defocus_um: float, config: SimulationConfig)
     return -torch.sin(chi)
 
 
+IDEAL_DETECTOR = "ideal"
+_MTF_COLUMNS = ("rlnResolutionInversePixel", "rlnMtfValue")
+
+
+@lru_cache(maxsize=1)
+def detector_names() -> tuple[str, ...]:
+    """Detector MTFs on offer: 'ideal' (pixel-aperture sinc) and the measured curves ttsim3d ships
+    (file ``mtf_<name>.star``, e.g. 'k3_standard_300kV_FL2')."""
+    return (IDEAL_DETECTOR, *sorted(p.name[4:-5] for p in _mtf_dir().glob("mtf_*.star")))
+
+
+def _mtf_dir() -> Path:
+    return Path(str(importlib.resources.files("ttsim3d"))) / "data"
+
+
+def measured_mtf_path(name: str) -> Path:
+    """The STAR file of a measured detector MTF shipped with ttsim3d."""
+    path = _mtf_dir() / f"mtf_{name}.star"
+    if not path.is_file():
+        raise CryoNBError(f"detector_mtf={name!r}: no measured MTF {path.name}; choose one of {', '.join(detector_names())}")
+    return path
+
+
+@lru_cache(maxsize=16)
+def measured_mtf(name: str) -> tuple[torch.Tensor, torch.Tensor]:
+    """(frequency in cycles per detector pixel, 0 to 0.5; MTF) of a measured detector, float64."""
+    # starfile directly, as torch-fourier-filter's read_mtf does: importing that package costs ~1 s per process
+    table = starfile.read(measured_mtf_path(name))
+    freq, mtf = (torch.tensor(table[c].to_numpy(dtype=np.float64)) for c in _MTF_COLUMNS)
+    return freq, mtf
+
+
 def mtf_of_k(k_inv_a: torch.Tensor, config: SimulationConfig) -> torch.Tensor:
-    """Detector MTF: the pixel-aperture sinc of an ideal counting detector, sinc(π f / 2) with f the
-    fraction of the detector's Nyquist. Written by hand because it is one line; ttsim3d's measured
-    curves can replace it."""
-    f_nyq = k_inv_a * 2.0 * config.detector_pixel_a
-    return torch.sinc(f_nyq / 2.0)
+    """Detector MTF at |k| (Å⁻¹), evaluated at k × detector pixel cycles per pixel.
+
+    'ideal': the pixel-aperture sinc of a perfect counting detector, sinc(π f / 2) with f the fraction
+    of the detector's Nyquist (one line, so written here). Otherwise a measured curve from ttsim3d
+    (read by torch-fourier-filter), linearly interpolated and held constant past its last point.
+    """
+    f_px = k_inv_a.to(torch.float64) * config.detector_pixel_a
+    if config.detector_mtf == IDEAL_DETECTOR:
+        return torch.sinc(f_px)
+    freq, mtf = measured_mtf(config.detector_mtf)
+    return torch.as_tensor(np.interp(f_px.numpy(), freq.numpy(), mtf.numpy()))
 
 
 def envelope_of_k(k_inv_a: torch.Tensor, config: SimulationConfig) -> torch.Tensor:

@@ -8,6 +8,7 @@ Scenes are (s, s, s) float32 (z, y, x) potential maps with the target near the c
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import lru_cache
 
 import numpy as np
 import torch
@@ -47,6 +48,14 @@ def random_rotation(rng: np.random.Generator) -> Rotation:
     return Rotation.random(random_state=rng)
 
 
+@lru_cache(maxsize=16)
+def _centred_xyz_grid(t: int) -> torch.Tensor:
+    """(t, t, t, 3) float64 (x, y, z) voxel coordinates relative to index t/2; cached per size."""
+    idx = torch.arange(t, dtype=torch.float64) - t / 2.0
+    zz, yy, xx = torch.meshgrid(idx, idx, idx, indexing="ij")
+    return torch.stack([xx, yy, zz], dim=-1)
+
+
 def rotate_map(density: np.ndarray, rotation: Rotation, shift_vox: np.ndarray) -> np.ndarray:
     """Rotate a centred (t, t, t) map about index t/2 and shift it by a sub-voxel amount.
 
@@ -55,9 +64,7 @@ def rotate_map(density: np.ndarray, rotation: Rotation, shift_vox: np.ndarray) -
     """
     t = density.shape[0]
     c = t / 2.0
-    idx = torch.arange(t, dtype=torch.float64)
-    zz, yy, xx = torch.meshgrid(idx, idx, idx, indexing="ij")
-    p_xyz = torch.stack([xx - c - shift_vox[2], yy - c - shift_vox[1], zz - c - shift_vox[0]], dim=-1)
+    p_xyz = _centred_xyz_grid(t) - torch.as_tensor(np.asarray(shift_vox, dtype=np.float64)[::-1].copy())
     inv = torch.as_tensor(rotation.inv().as_matrix(), dtype=torch.float64)
     src = p_xyz @ inv.T + c  # (t, t, t, 3) source (x, y, z) indices
     grid = (src / (t - 1) * 2 - 1).to(torch.float32)[None]
