@@ -9,33 +9,32 @@ does not depend on the episode), then scores any number of episodes from the cac
 k-shot supports are merged by averaging their embeddings (the paper's suggested few-shot extension).
 
 :func:`ensure_cosnet` trains a variant on a simulated data set once and reuses the checkpoint, keyed by
-a hash of (variant, data-set recipe, training config); an interrupted run resumes from its last
-partial checkpoint.
+a hash of (variant, data-set recipe, training config). Training runs in :func:`cryonb.train.fit` (AMP on
+CUDA, torchrun, atomic checkpoints): an interrupted run resumes from its last epoch of ``steps_per_epoch`` steps.
 """
 
 from __future__ import annotations
 
-import copy
 import dataclasses
 import hashlib
 import json
 import math
-import time
+import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Callable
+from collections.abc import Callable, Iterator
+from typing import Any
 
 import numpy as np
 import torch
 import torch.nn.functional as F
-from tqdm.auto import tqdm
+from torch import nn
 
-from cryonb import budget
 from cryonb.episodes import Episode, episodes_to_arrays, sample_training_pair
 from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.io import atomic_path
 from cryonb.models.cosnet import COSNet, COSNetConfig, dice_loss
-from cryonb.train import recalibrate_batchnorm
+from cryonb.train import TrainConfig, fit, recalibrate_batchnorm
 
 __all__ = [
     "TrainEpisodesConfig",
@@ -66,7 +65,7 @@ class TrainEpisodesConfig:
     w_mask_bce : weight of a voxel-wise BCE on the masks (not in the paper; 0 = off). Molecules fill about
         1 % of a 32³ box, and Dice alone teaches the decoder slowly that the rest is background.
     base_channels, feature_dim, feature_pool, combine, match_head : architecture (see :class:`COSNetConfig`).
-    checkpoint_every : steps between resumable partial checkpoints.
+    steps_per_epoch : steps per :func:`cryonb.train.fit` epoch: one log row and one resumable checkpoint each.
     recalibrate_bn : training batches hold only 2n volumes, so BatchNorm's running averages are noisy;
         replace them by exact averages over the training pool (:func:`cryonb.train.recalibrate_batchnorm`).
     seed : seeds initialisation and episode sampling.
@@ -84,13 +83,15 @@ class TrainEpisodesConfig:
     feature_pool: int = 2
     combine: str = "add"
     match_head: str = "linear"
-    checkpoint_every: int = 100
+    steps_per_epoch: int = 20
     recalibrate_bn: bool = True  # exact BatchNorm statistics over the training pool after the last step
     seed: int = 0
 
     def __post_init__(self) -> None:
         if self.steps < 1:
             raise CryoNBError(f"steps={self.steps}: expected ≥ 1")
+        if self.steps_per_epoch < 1:
+            raise CryoNBError(f"steps_per_epoch={self.steps_per_epoch}: expected ≥ 1")
         if self.n_way < 2:
             raise CryoNBError(f"n_way={self.n_way}: expected ≥ 2")
         if not self.lr > 0:
@@ -115,23 +116,43 @@ def _batch(volumes: np.ndarray, idx: np.ndarray, device: torch.device) -> torch.
     return torch.from_numpy(arr)[:, None].to(device)
 
 
-def _loss(net: COSNet, x: torch.Tensor, m: torch.Tensor | None, n: int, cfg: TrainEpisodesConfig) -> tuple[torch.Tensor, dict[str, float]]:
+def _loss(net: nn.Module, batch: tuple[torch.Tensor, ...], n: int, cfg: TrainEpisodesConfig) -> dict[str, torch.Tensor]:
+    """The paper's loss on one episode pair; ``batch`` = (volumes of both sets,) or (volumes, masks)."""
+    x, m = batch[0], (batch[1] if len(batch) > 1 else None)
     emb, mask = net(x)
-    logits = net.score(emb[:n], emb[n:])  # (n, n): row = set-b example, column = set-a example
+    head = net.module if isinstance(net, nn.parallel.DistributedDataParallel) else net
+    logits = head.score(emb[:n], emb[n:])  # (n, n): row = set-b example, column = set-a example
     target = torch.eye(n, device=x.device)
     # n positives vs n(n−1) negatives: weight positives so that both count equally
     bce = F.binary_cross_entropy_with_logits(logits, target, pos_weight=torch.tensor(float(n - 1), device=x.device))
-    total = cfg.w_bce * bce
-    stats = {"bce": float(bce.detach())}
+    out = {"loss": cfg.w_bce * bce, "bce": bce.detach()}
     if mask is not None and m is not None:
         d = dice_loss(mask, m)
-        total = total + cfg.w_dice * d
-        stats["dice_loss"] = float(d.detach())
+        out["loss"] = out["loss"] + cfg.w_dice * d
+        out["dice_loss"] = d.detach()
         if cfg.w_mask_bce:
-            voxel_bce = F.binary_cross_entropy(mask.clamp(1e-6, 1 - 1e-6), m.float())
-            total = total + cfg.w_mask_bce * voxel_bce
-            stats["mask_bce"] = float(voxel_bce.detach())
-    return total, stats
+            with torch.autocast(device_type=x.device.type, enabled=False):  # BCE on probabilities is unsafe in fp16
+                voxel_bce = F.binary_cross_entropy(mask.float().clamp(1e-6, 1 - 1e-6), m.float())
+            out["loss"] = out["loss"] + cfg.w_mask_bce * voxel_bce
+            out["mask_bce"] = voxel_bce.detach()
+    return out
+
+
+def _episode_batches(volumes: np.ndarray, masks: np.ndarray | None, labels: np.ndarray, train_pool: np.ndarray,
+                     cfg: TrainEpisodesConfig) -> Callable[[int, torch.Generator], Iterator[tuple[torch.Tensor, ...]]]:
+    """``fit``'s batches: epoch e holds steps [e·steps_per_epoch, ...), one episode pair each, drawn from a
+    generator seeded by (seed, epoch) so that a resumed run draws what an uninterrupted one would."""
+
+    def batches(epoch: int, _generator: torch.Generator) -> Iterator[tuple[torch.Tensor, ...]]:
+        rng = np.random.default_rng([cfg.seed, epoch])
+        n_steps = min(cfg.steps_per_epoch, cfg.steps - epoch * cfg.steps_per_epoch)
+        for _ in range(n_steps):
+            _, a, b = sample_training_pair(labels, train_pool, cfg.n_way, rng)
+            idx = np.concatenate([a, b])
+            x = _batch(volumes, idx, torch.device("cpu"))
+            yield (x,) if masks is None else (x, _batch(masks, idx, torch.device("cpu")))
+
+    return batches
 
 
 def train_cosnet(
@@ -142,53 +163,34 @@ def train_cosnet(
     train_pool: np.ndarray,
     cfg: TrainEpisodesConfig,
     device: torch.device | str = "cpu",
-    state: dict[str, Any] | None = None,
-    on_checkpoint: Callable[[dict[str, Any]], None] | None = None,
+    checkpoint_dir: str | Path | None = None,
     progress: bool = True,
 ) -> tuple[COSNet, list[dict[str, float]]]:
-    """Train one variant on episodes drawn from ``train_pool`` (seen classes).
+    """Train one variant on episodes drawn from ``train_pool`` (seen classes) with :func:`cryonb.train.fit`.
 
     Parameters
     ----------
     volumes : (N, D, D, D) float32 subtomograms; masks : (N, D, D, D) uint8 target masks;
     labels : (N,) class ids; train_pool : indices of the seen-class training rows.
-    state : a partial checkpoint to resume from (model, optimizer, step, rng, log).
-    on_checkpoint : called with a resumable state every ``cfg.checkpoint_every`` steps.
+    checkpoint_dir : ``fit`` writes ``last.pt`` there after every ``cfg.steps_per_epoch`` steps and
+        resumes from it; with a time budget (:mod:`cryonb.budget`) it stops there with ``PartDone``.
 
     Returns
     -------
-    The trained model (eval mode) and the per-step log (loss terms, seconds).
+    The trained model (eval mode) and one log row per ``steps_per_epoch`` steps: mean loss terms,
+    ``step`` (steps done), ``wall_s``.
     """
     if masks.shape != volumes.shape:
         raise CryoNBError(f"masks have shape {masks.shape}: expected {volumes.shape} like the volumes")
-    device = torch.device(device)
-    torch.manual_seed(cfg.seed)  # initialisation only; sampling uses rng below
-    net = COSNet(cfg.model_config(variant)).to(device)
-    opt = torch.optim.Adam(net.parameters(), lr=cfg.lr, betas=cfg.betas)
-    rng = np.random.default_rng(cfg.seed)
-    log: list[dict[str, float]] = []
-    start = 0
-    if state is not None:
-        net.load_state_dict(state["model"])
-        opt.load_state_dict(state["optimizer"])
-        rng.bit_generator.state = state["rng"]
-        log, start = list(state["log"]), int(state["step"])
-    net.train()
-    use_masks = net.cfg.decoder
-    for step in tqdm(range(start, cfg.steps), desc=f"train {variant}", disable=not progress, initial=start, total=cfg.steps):
-        t0 = time.perf_counter()
-        _, a, b = sample_training_pair(labels, train_pool, cfg.n_way, rng)
-        idx = np.concatenate([a, b])
-        x = _batch(volumes, idx, device)
-        m = _batch(masks, idx, device) if use_masks else None
-        loss, stats = _loss(net, x, m, cfg.n_way, cfg)
-        opt.zero_grad(set_to_none=True)
-        loss.backward()
-        opt.step()
-        log.append({"step": step + 1, "loss": float(loss.detach()), **stats, "seconds": time.perf_counter() - t0})
-        if on_checkpoint is not None and (step + 1) % cfg.checkpoint_every == 0 and step + 1 < cfg.steps:
-            on_checkpoint(copy.deepcopy({"model": net.state_dict(), "optimizer": opt.state_dict(), "rng": rng.bit_generator.state, "log": list(log), "step": step + 1}))
-            budget.check(f"{variant} training step {step + 1}/{cfg.steps}")
+    torch.manual_seed(cfg.seed)  # initialisation; episodes come from per-epoch generators
+    net = COSNet(cfg.model_config(variant))
+    train_cfg = TrainConfig(
+        epochs=-(-cfg.steps // cfg.steps_per_epoch), batch_size=2 * cfg.n_way, lr=cfg.lr, betas=cfg.betas,
+        weight_decay=0.0, optimizer="adam", device=str(device), seed=cfg.seed,
+        checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None, progress=progress)
+    batches = _episode_batches(volumes, masks if net.cfg.decoder else None, labels, train_pool, cfg)
+    history = fit(net, lambda model, batch: _loss(model, batch, cfg.n_way, cfg), batches, train_cfg)
+    log = [{**row, "step": min(int(row["epoch"]) * cfg.steps_per_epoch, cfg.steps)} for row in history.epochs]
     if cfg.recalibrate_bn:
         recalibrate_batchnorm(net, _batch(volumes, np.sort(np.asarray(train_pool)), torch.device("cpu")), batch_size=16)
     return net.eval(), log
@@ -231,16 +233,8 @@ def ensure_cosnet(variant: str, recipe: Any, cfg: TrainEpisodesConfig, work_dir:
         dataset = ensure_dataset(recipe)
     labels = dataset.meta["class_id"].to_numpy()
     pool = np.asarray(dataset.indices(split="train", class_split="seen"))
-    partial = out.with_suffix(".partial.pt")
-    state = torch.load(partial, weights_only=False) if partial.exists() else None
-    out.parent.mkdir(parents=True, exist_ok=True)
-
-    def save_partial(s: dict[str, Any]) -> None:
-        with atomic_path(partial) as tmp:
-            torch.save(s, tmp)
-
-    t0 = time.perf_counter()
-    net, log = train_cosnet(variant, dataset.volumes, dataset.masks, labels, pool, cfg, device, state, save_partial)
+    run_dir = out.with_suffix(".run")  # fit's last.pt: an interrupted training resumes from it
+    net, log = train_cosnet(variant, dataset.volumes, dataset.masks, labels, pool, cfg, device, run_dir)
     payload = {
         "variant": variant,
         "model_config": net.cfg.as_dict(),
@@ -249,11 +243,11 @@ def ensure_cosnet(variant: str, recipe: Any, cfg: TrainEpisodesConfig, work_dir:
         "seed": cfg.seed,
         "model": {k: v.cpu() for k, v in net.state_dict().items()},
         "log": log,
-        "train_seconds": time.perf_counter() - t0 + (sum(r["seconds"] for r in state["log"]) if state else 0.0),
+        "train_seconds": sum(r["wall_s"] for r in log),
     }
     with atomic_path(out) as tmp:
         torch.save(payload, tmp)
-    partial.unlink(missing_ok=True)
+    shutil.rmtree(run_dir, ignore_errors=True)
     return out
 
 

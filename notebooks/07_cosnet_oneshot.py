@@ -152,7 +152,7 @@ params_table
 # betas (0.5, 0.999) in the paper (parameters `lr`, `betas`; the quick profile takes 1e-3 and (0.9, 0.999):
 # at 1e-4 the loss barely moved in 200 steps, 1.69 → 1.61, and 2-way accuracy stayed at 0.56). After the
 # last step BatchNorm's running statistics are recomputed exactly over the training pool, because
-# batches of 2n volumes make them noisy (`cryonb.train.recalibrate_batchnorm`). Checkpoints are keyed by (variant, data recipe, training config) and reused.
+# batches of 2n volumes make them noisy (`cryonb.train.recalibrate_batchnorm`). Training runs in `cryonb.train.fit`, the loop every model here uses (AMP on a GPU, torchrun, a resumable checkpoint every 20 steps); finished models are keyed by (variant, data recipe, training config) and reused.
 #
 # *Match head.* The paper's head is one fully connected layer on |f_s − f_t|; its weights may take
 # either sign, so on classes it never saw it can reward *distance* (we saw this on toy data: accuracy
@@ -175,8 +175,8 @@ timings["train"] = time.perf_counter() - t0
 train_rows = []
 for (v, s, n), p in ckpts.items():
     _, meta = load_cosnet(p)
-    log = pd.DataFrame(meta["log"])
-    train_rows.append({"variant": v, "snr": s, "train_n_way": n, "steps": len(log), "first_loss": log["loss"].iloc[:20].mean(), "last_loss": log["loss"].iloc[-20:].mean(), "train_s": meta["train_seconds"], "checkpoint": p.name})
+    log = pd.DataFrame(meta["log"])  # one row per fit epoch: mean loss over its steps
+    train_rows.append({"variant": v, "snr": s, "train_n_way": n, "steps": int(log["step"].iloc[-1]), "first_loss": log["loss"].iloc[0], "last_loss": log["loss"].iloc[-1], "train_s": meta["train_seconds"], "checkpoint": p.name})
 train_table = pd.DataFrame(train_rows)
 run.save_table(train_table, "07_training", formats=("csv", "md"))
 train_table
@@ -185,8 +185,8 @@ train_table
 fig, ax = plt.subplots(figsize=(6, 3.5))
 for (v, s, n), p in ckpts.items():
     log = pd.DataFrame(load_cosnet(p)[1]["log"])
-    ax.plot(log["step"], log["loss"].rolling(20, min_periods=1).mean(), label=f"{v} · SNR {s} · {n}-way")
-ax.set(xlabel="step", ylabel="loss (20-step mean)", title="episode training")
+    ax.plot(log["step"], log["loss"], marker=".", label=f"{v} · SNR {s} · {n}-way")
+ax.set(xlabel="step", ylabel=f"loss (mean of each {TrainEpisodesConfig(**cfg_kw).steps_per_epoch} steps)", title="episode training")
 ax.legend(fontsize=7)
 run.save_figure(fig, "training_loss")
 

@@ -126,9 +126,9 @@ def test_cosnet_training_stops_at_a_partial_checkpoint_and_resumes(tmp_path: Pat
     ds = _toy()
     straight, _ = load_cosnet(ensure_cosnet("SCNN", "toy", CFG, tmp_path / "a", dataset=ds))
     monkeypatch.setenv(budget.DEADLINE_ENV, "0")
-    with pytest.raises(PartDone, match="SCNN training step 2/3"):
+    with pytest.raises(PartDone, match=r"epoch 1/2 \(.*SCNN-.*\.run/last\.pt\)"):
         ensure_cosnet("SCNN", "toy", CFG, tmp_path / "b", dataset=ds)
-    assert len(list((tmp_path / "b" / "cosnet").glob("*.partial.pt"))) == 1
+    assert len(list((tmp_path / "b" / "cosnet").glob("*.run/last.pt"))) == 1
     monkeypatch.delenv(budget.DEADLINE_ENV)
     resumed, _ = load_cosnet(ensure_cosnet("SCNN", "toy", CFG, tmp_path / "b", dataset=ds))
     for k, v in straight.state_dict().items():

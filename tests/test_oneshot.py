@@ -37,21 +37,20 @@ def _toy(n_classes: int = 4, per_class: int = 3, seed: int = 0) -> SimpleNamespa
     return SimpleNamespace(volumes=np.stack(vols), masks=np.stack(masks), meta=meta, indices=indices)
 
 
-CFG = TrainEpisodesConfig(steps=3, n_way=2, base_channels=2, feature_dim=16, checkpoint_every=2, seed=3)
+CFG = TrainEpisodesConfig(steps=3, n_way=2, base_channels=2, feature_dim=16, steps_per_epoch=2, seed=3)
 
 
-def test_resumed_training_equals_uninterrupted() -> None:
+def test_training_runs_in_fit_with_one_log_row_and_checkpoint_per_epoch(tmp_path) -> None:
+    # resuming after a stop is tested in test_budget (ensure_cosnet under a time budget)
     ds = _toy()
     labels = ds.meta["class_id"].to_numpy()
     pool = ds.indices(class_split="seen")
-    states: list[dict] = []
-    full, log = train_cosnet("DuSE-SCNN+decoder", ds.volumes, ds.masks, labels, pool, CFG, state=None, on_checkpoint=states.append, progress=False)
-    assert [r["step"] for r in log] == [1, 2, 3] and len(states) == 1 and states[0]["step"] == 2
-    resumed, log2 = train_cosnet("DuSE-SCNN+decoder", ds.volumes, ds.masks, labels, pool, CFG, state=states[0], progress=False)
-    assert [r["step"] for r in log2] == [1, 2, 3]
-    for k, v in full.state_dict().items():
-        assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-6), k
-    assert all(np.isfinite(r["dice_loss"]) and 0 <= r["dice_loss"] <= 1 for r in log)
+    net, log = train_cosnet("DuSE-SCNN+decoder", ds.volumes, ds.masks, labels, pool, CFG, checkpoint_dir=tmp_path, progress=False)
+    assert [r["step"] for r in log] == [2, 3]  # 3 steps in epochs of 2: the last epoch is short
+    assert all(np.isfinite(r["dice_loss"]) and 0 <= r["dice_loss"] <= 1 and r["loss"] >= r["bce"] for r in log)
+    last = torch.load(tmp_path / "last.pt", weights_only=False)
+    assert last["epoch"] == 1 and last["config"]["betas"] == CFG.betas and last["config"]["weight_decay"] == 0.0
+    assert not net.training
 
 
 def test_ensure_cosnet_reuses_checkpoint_and_keys_by_config(tmp_path) -> None:
@@ -63,8 +62,8 @@ def test_ensure_cosnet_reuses_checkpoint_and_keys_by_config(tmp_path) -> None:
     p2 = ensure_cosnet("SCNN", {"name": "toy", "seed": 1}, CFG, tmp_path, dataset=ds)
     assert p2 != p1
     net, meta = load_cosnet(p1)
-    assert meta["seed"] == 3 and meta["variant"] == "SCNN" and len(meta["log"]) == 3
-    assert not list(tmp_path.glob("cosnet/*.partial.pt"))
+    assert meta["seed"] == 3 and meta["variant"] == "SCNN" and [r["step"] for r in meta["log"]] == [2, 3]
+    assert not list(tmp_path.glob("cosnet/*.run"))  # fit's resumable state goes once the model is written
     unseen = ds.indices(class_split="unseen")
     emb, masks = embed(net, ds.volumes, unseen)
     assert emb.shape == (len(unseen), 16) and masks is None
