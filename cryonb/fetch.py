@@ -1,11 +1,12 @@
 """Verified downloads: resume when possible, never replace a good file with a bad one.
 
-Public surface: :func:`download_verified`, :func:`sha256_file`.
+Public surface: :func:`download_verified`, :func:`sha256_file`, :func:`file_digest`, :func:`parse_checksum`.
 
 A download goes to ``<dest>.part``. When a ``.part`` file is already there (an earlier
 run was interrupted) the remaining bytes are requested with an HTTP ``Range`` header;
 a server that ignores it (answers ``200`` instead of ``206``) gets a clean restart.
-Only a file whose sha256 matches is renamed onto ``dest`` (``os.replace``, atomic on
+Only a file whose checksum matches (sha256, or md5 where a publisher such as Zenodo gives only
+that) is renamed onto ``dest`` (``os.replace``, atomic on
 one file system), so an existing good copy survives any failed or corrupt download.
 """
 
@@ -25,7 +26,7 @@ from tqdm import tqdm
 
 from cryonb.errors import CryoNBError
 
-__all__ = ["download_verified", "sha256_file"]
+__all__ = ["download_verified", "sha256_file", "file_digest", "parse_checksum"]
 
 _CHUNK_BYTES = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -35,13 +36,34 @@ class _Interrupted(Exception):
     """The body stopped before its announced end; the bytes so far are kept in the .part file."""
 
 
-def sha256_file(path: str | os.PathLike[str]) -> str:
-    """Hex sha256 of a file's bytes, read in 1 MiB chunks (constant memory)."""
-    digest = hashlib.sha256()
+#: hex digits of each accepted checksum algorithm
+DIGEST_LENGTHS = {"sha256": 64, "md5": 32}
+
+
+def parse_checksum(text: str, where: str = "checksum") -> tuple[str, str]:
+    """``"sha256:<hex>"``, ``"md5:<hex>"`` or bare 64-digit hex (sha256) -> (algorithm, lowercase hex)."""
+    algorithm, _, digest = text.strip().rpartition(":")
+    algorithm, digest = (algorithm or "sha256").lower(), digest.lower()
+    if algorithm not in DIGEST_LENGTHS:
+        raise CryoNBError(f"{where}: unknown checksum algorithm {algorithm!r} in {text!r}; use sha256 or md5")
+    n = DIGEST_LENGTHS[algorithm]
+    if not re.fullmatch(rf"[0-9a-f]{{{n}}}", digest):
+        raise CryoNBError(f"{where}: expected {algorithm} must be {n} hex digits, got {text!r}")
+    return algorithm, digest
+
+
+def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
+    """Hex digest of a file's bytes, read in 1 MiB chunks (constant memory)."""
+    digest = hashlib.new(algorithm)
     with open(path, "rb") as fh:
         for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
             digest.update(chunk)
     return digest.hexdigest()
+
+
+def sha256_file(path: str | os.PathLike[str]) -> str:
+    """Hex sha256 of a file's bytes."""
+    return file_digest(path, "sha256")
 
 
 def _part_path(dest: Path) -> Path:
@@ -121,13 +143,13 @@ def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
 def download_verified(
     url: str,
     dest: str | os.PathLike[str],
-    sha256: str,
+    checksum: str,
     *,
     progress: bool = True,
     attempts: int = 3,
     timeout_s: float = 60.0,
 ) -> Path:
-    """Download ``url`` to ``dest`` and return ``dest`` once its sha256 matches.
+    """Download ``url`` to ``dest`` and return ``dest`` once its checksum matches.
 
     Parameters
     ----------
@@ -135,8 +157,8 @@ def download_verified(
         ``http(s)://`` (or ``file://``) address of one file.
     dest : path
         Final location. If it already holds a file with the right checksum nothing is downloaded.
-    sha256 : str
-        Expected hex digest (case-insensitive).
+    checksum : str
+        Expected digest, case-insensitive: ``"sha256:<hex>"``, ``"md5:<hex>"`` or bare sha256 hex.
     progress : bool
         Show a tqdm byte counter on stderr.
     attempts : int
@@ -152,10 +174,8 @@ def download_verified(
         (message names the URL, expected and actual digests; ``dest`` is untouched).
     """
     dest = Path(dest)
-    expected = sha256.strip().lower()
-    if not re.fullmatch(r"[0-9a-f]{64}", expected):
-        raise CryoNBError(f"{url}: expected sha256 must be 64 hex digits, got {sha256!r}")
-    if dest.is_file() and sha256_file(dest) == expected:
+    algorithm, expected = parse_checksum(checksum, url)
+    if dest.is_file() and file_digest(dest, algorithm) == expected:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
     part = _part_path(dest)
@@ -169,7 +189,7 @@ def download_verified(
         except _Interrupted as exc:
             last_error = str(exc)
             continue
-        actual = sha256_file(part) if part.exists() else hashlib.sha256(b"").hexdigest()
+        actual = file_digest(part, algorithm) if part.exists() else hashlib.new(algorithm, b"").hexdigest()
         if actual == expected:
             os.replace(part, dest)
             return dest
@@ -179,7 +199,7 @@ def download_verified(
             restarted = True
             continue
         raise CryoNBError(
-            f"{url}: checksum mismatch: expected sha256 {expected}, got {actual}; "
+            f"{url}: checksum mismatch: expected {algorithm} {expected}, got {actual}; "
             f"{dest} was not replaced"
         )
     raise CryoNBError(

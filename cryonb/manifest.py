@@ -7,7 +7,8 @@ Public surface: :func:`load_manifest`, :func:`verify`, :func:`fetch`, :class:`Da
 - ``bundled``: files shipped in git (the PDB structures); path + sha256.
 - ``generated``: made by a recipe (``function`` + ``params``) and a seed; path, and the sha256 of the
   data set's payload once recorded. Absent files are fine: the notebooks regenerate them.
-- ``external``: public data a user may download; url + path + sha256.
+- ``external``: public data a user may download; url + path + sha256, or md5 where the publisher gives
+  only that (Zenodo); ``data fetch`` then prints the sha256 to pin.
 """
 
 from __future__ import annotations
@@ -21,6 +22,7 @@ from typing import Any
 import yaml
 
 from cryonb.errors import CryoNBError
+from cryonb.fetch import download_verified, file_digest
 from cryonb.paths import repo_root, resolve
 
 __all__ = ["DataEntry", "VerifyResult", "load_manifest", "verify", "fetch", "sha256_path", "default_manifest_path"]
@@ -34,6 +36,7 @@ class DataEntry:
     kind: str
     path: str
     sha256: str | None = None
+    md5: str | None = None  # external files whose publisher gives only md5 (Zenodo)
     url: str | None = None
     recipe: dict[str, Any] | None = None
     seed: int | None = None
@@ -54,7 +57,8 @@ class VerifyResult:
 
     def line(self) -> str:
         if self.status == "mismatch":
-            return f"MISMATCH  {self.name}: {self.path} has sha256 {self.actual}, manifest expects {self.expected}"
+            algorithm = "md5" if self.expected is not None and len(self.expected) == 32 else "sha256"
+            return f"MISMATCH  {self.name}: {self.path} has {algorithm} {self.actual}, manifest expects {self.expected}"
         return f"{self.status.upper():9s} {self.name}: {self.path}"
 
 
@@ -75,8 +79,13 @@ def _entry(raw: Any, index: int, source: Path) -> DataEntry:
     sha = raw.get("sha256")
     if sha is not None and (not isinstance(sha, str) or len(sha) != 64 or any(c not in "0123456789abcdef" for c in sha)):
         raise CryoNBError(f"{where} ({raw['name']}): sha256 must be 64 lowercase hex digits, got {sha!r}")
-    if kind in ("bundled", "external") and sha is None:
-        raise CryoNBError(f"{where} ({raw['name']}): a {kind} data set needs a sha256")
+    md5 = raw.get("md5")
+    if md5 is not None and (kind != "external" or not isinstance(md5, str) or len(md5) != 32 or any(c not in "0123456789abcdef" for c in md5)):
+        raise CryoNBError(f"{where} ({raw['name']}): md5 is for external data sets only and must be 32 lowercase hex digits, got {md5!r}")
+    if kind == "bundled" and sha is None:
+        raise CryoNBError(f"{where} ({raw['name']}): a bundled data set needs a sha256")
+    if kind == "external" and sha is None and md5 is None:
+        raise CryoNBError(f"{where} ({raw['name']}): an external data set needs a sha256 (or the publisher's md5)")
     if kind == "external" and not raw.get("url"):
         raise CryoNBError(f"{where} ({raw['name']}): an external data set needs a url")
     if kind == "generated":
@@ -85,12 +94,13 @@ def _entry(raw: Any, index: int, source: Path) -> DataEntry:
             raise CryoNBError(f"{where} ({raw['name']}): a generated data set needs recipe.function and recipe.params")
         if not isinstance(raw.get("seed"), int):
             raise CryoNBError(f"{where} ({raw['name']}): a generated data set needs an integer seed")
-    known = {"name", "kind", "path", "sha256", "url", "recipe", "seed", "description"}
+    known = {"name", "kind", "path", "sha256", "md5", "url", "recipe", "seed", "description"}
     return DataEntry(
         name=raw["name"],
         kind=kind,
         path=raw["path"],
         sha256=sha,
+        md5=md5,
         url=raw.get("url"),
         recipe=raw.get("recipe"),
         seed=raw.get("seed"),
@@ -141,12 +151,12 @@ def verify(entries: list[DataEntry], root: Path | None = None) -> list[VerifyRes
         if not p.exists():
             results.append(VerifyResult(e.name, "missing", p, e.sha256, None))
             continue
-        actual = sha256_path(p)
-        if e.sha256 is None:
-            status = "unrecorded"
+        if e.sha256 is None and e.md5 is not None:
+            expected, actual = e.md5, file_digest(p, "md5")
         else:
-            status = "ok" if actual == e.sha256 else "mismatch"
-        results.append(VerifyResult(e.name, status, p, e.sha256, actual))
+            expected, actual = e.sha256, sha256_path(p)
+        status = "unrecorded" if expected is None else ("ok" if actual == expected else "mismatch")
+        results.append(VerifyResult(e.name, status, p, expected, actual))
     return results
 
 
@@ -158,7 +168,6 @@ def fetch(entries: list[DataEntry], name: str, root: Path | None = None) -> Path
     entry = by_name[name]
     if entry.kind != "external":
         raise CryoNBError(f"data set {name!r} is {entry.kind}, not external: nothing to fetch")
-    assert entry.url is not None and entry.sha256 is not None
-    from cryonb.fetch import download_verified  # lazy: only fetching needs the network code
-
-    return download_verified(entry.url, entry.resolved_path(root), entry.sha256)
+    assert entry.url is not None
+    checksum = f"sha256:{entry.sha256}" if entry.sha256 else f"md5:{entry.md5}"
+    return download_verified(entry.url, entry.resolved_path(root), checksum)

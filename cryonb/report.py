@@ -112,7 +112,7 @@ DEVIATIONS: list[tuple[str, str, str, str]] = [
      "COS-Net's class list is not published; seven of ours appear in its simulation lineage (Pei et al. 2016)"),
     ("first SNR of the CSSL paper", "lost from the text", "0.1", "assumption; the other two (0.05, 0.03) are stated"),
     ("simulator", "Liu et al. 2020 / Pei et al. 2016 (not released with the papers)",
-     "cryonb.simulate: assemblies via gemmi, potentials, crowding, tilt series with CTF + MTF, exact SNR, WBP",
+     "cryonb.simulate: assemblies via gemmi, potentials, crowding, tilt series with CTF + measured K3 detector MTF, exact SNR, WBP",
      "neither paper ships its simulator; ours is documented and tested in notebook 01"),
     ("quick profile", "full data, 200 pre-training and 50 fine-tuning epochs, 5 runs",
      "fewer subtomograms, narrower networks, few epochs, fewer runs (see params/quick.yaml)",

@@ -190,3 +190,28 @@ def test_manifest_fetch_uses_verified_download(server: tuple[str, ServerState], 
     with pytest.raises(CryoNBError, match=rf"checksum mismatch: expected sha256 {'0' * 64}, got {PAYLOAD_SHA}"):
         fetch(entries, "wrong", root=tmp_path)
     assert not (tmp_path / "data" / "wrong.bin").exists()
+
+
+def test_publisher_md5_verifies_and_a_wrong_one_is_named(server: tuple[str, ServerState], tmp_path: Path) -> None:
+    url, _ = server
+    md5 = hashlib.md5(PAYLOAD).hexdigest()
+    dest = tmp_path / "file.bin"
+    assert download_verified(url, dest, f"md5:{md5.upper()}", progress=False, timeout_s=5).read_bytes() == PAYLOAD
+    wrong = "0" * 32
+    with pytest.raises(CryoNBError, match=rf"checksum mismatch: expected md5 {wrong}, got {md5}"):
+        download_verified(url, tmp_path / "other.bin", f"md5:{wrong}", progress=False, timeout_s=5)
+    assert not (tmp_path / "other.bin").exists()
+
+
+@pytest.mark.parametrize(("checksum", "message"), [
+    (f"crc32:{'0' * 8}", "unknown checksum algorithm 'crc32'"),
+    (f"md5:{'0' * 64}", "expected md5 must be 32 hex digits"),
+    (f"sha256:{'g' * 64}", "expected sha256 must be 64 hex digits"),
+])
+def test_malformed_checksums_are_named(checksum: str, message: str) -> None:
+    from cryonb.fetch import parse_checksum
+
+    with pytest.raises(CryoNBError, match=message):
+        parse_checksum(checksum, "entry x")
+    assert parse_checksum(f"MD5:{'A' * 32}") == ("md5", "a" * 32)
+    assert parse_checksum("b" * 64) == ("sha256", "b" * 64)

@@ -76,6 +76,9 @@ def test_folder_checksum_changes_with_content(tmp_path: Path) -> None:
         ("datasets:\n  - {name: a, kind: bundled, path: x, sha256: abc}\n", "sha256 must be 64 lowercase hex"),
         ("datasets:\n  - {kind: bundled, path: x}\n", "field 'name' is missing"),
         ("datasets:\n  - {name: g, kind: generated, path: x, seed: 1}\n", "needs recipe.function"),
+        ("datasets:\n  - {name: e, kind: external, path: x, url: 'https://h/x'}\n", "needs a sha256 \\(or the publisher's md5\\)"),
+        (f"datasets:\n  - {{name: b, kind: bundled, path: x, sha256: {'a' * 64}, md5: {'a' * 32}}}\n", "md5 is for external data sets only"),
+        ("datasets:\n  - {name: e, kind: external, path: x, url: 'https://h/x', md5: abc}\n", "32 lowercase hex digits, got 'abc'"),
     ],
 )
 def test_malformed_manifest(tmp_path: Path, body: str, message: str) -> None:
@@ -112,3 +115,24 @@ def test_generated_entries_match_their_recipes() -> None:
         recipe = getattr(importlib.import_module(module), name)(**entry.recipe["params"])
         assert entry.path == f"data/generated/{recipe.folder_name}", entry.name
         assert recipe.seed == entry.seed
+
+
+def test_external_md5_entry_verifies_by_md5(tmp_path: Path) -> None:
+    import hashlib
+
+    data = tmp_path / "t.mrc"
+    data.write_bytes(b"tomogram bytes")
+    body = f"datasets:\n  - {{name: t, kind: external, path: t.mrc, url: 'https://h/t.mrc', md5: {hashlib.md5(data.read_bytes()).hexdigest()}}}\n"
+    entries = load_manifest(_manifest(tmp_path, body))
+    assert [r.status for r in verify(entries, root=tmp_path)] == ["ok"]
+    data.write_bytes(b"tomogram bytez")
+    (result,) = verify(entries, root=tmp_path)
+    assert result.status == "mismatch" and "has md5 " in result.line()
+
+
+def test_repository_manifest_offers_a_real_tomogram() -> None:
+    real = [e for e in load_manifest() if e.kind == "external"]
+    assert real, "data_manifest.yaml should name at least one public real tomogram"
+    for e in real:
+        assert e.url is not None and e.url.startswith("https://") and (e.sha256 or e.md5)
+        assert e.path.startswith("data/external/")

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import argparse
 
+from cryonb.fetch import sha256_file
 from cryonb.manifest import fetch, load_manifest, verify
 
 
@@ -29,7 +30,11 @@ def main(args: argparse.Namespace) -> int:
         if not args.name:
             print("data fetch needs a data set NAME (see `python -m cryonb data list`)")
             return 2
-        print(f"fetched {args.name} -> {fetch(entries, args.name)}")
+        path = fetch(entries, args.name)
+        print(f"fetched {args.name} -> {path}")
+        entry = next(e for e in entries if e.name == args.name)
+        if entry.sha256 is None:
+            print(f"verified by the publisher's md5; its sha256, to pin in the manifest: {sha256_file(path)}")
         return 0
     results = verify(entries)
     for r in results:
