@@ -18,7 +18,6 @@ from __future__ import annotations
 import dataclasses
 import hashlib
 import json
-import math
 import shutil
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -34,6 +33,7 @@ from cryonb.episodes import Episode, episodes_to_arrays, sample_training_pair
 from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.io import atomic_path
 from cryonb.models.cosnet import COSNet, COSNetConfig, dice_loss
+from cryonb.stats import proportion_ci
 from cryonb.train import TrainConfig, fit, recalibrate_batchnorm
 
 __all__ = [
@@ -317,20 +317,16 @@ def prototype_predictions(emb: torch.Tensor, emb_indices: np.ndarray, episodes: 
     return d.argmin(1).numpy(), labels
 
 
-def accuracy_ci(correct: np.ndarray, z: float = 1.96) -> dict[str, float]:
-    """Mean accuracy and its Wilson 95 % confidence interval over independent episodes.
+def accuracy_ci(correct: np.ndarray, level: float = 0.95) -> dict[str, float]:
+    """Mean accuracy and its Wilson confidence interval over independent episodes.
 
     correct : (E,) booleans → {"accuracy", "ci_low", "ci_high", "n_episodes"}.
     """
-    correct = np.asarray(correct, dtype=float)
-    n = len(correct)
-    if n == 0:
+    correct = np.asarray(correct, dtype=bool)
+    if len(correct) == 0:
         raise CryoNBError("accuracy over 0 episodes: expected at least one")
-    p = correct.mean()
-    den = 1 + z**2 / n
-    centre = (p + z**2 / (2 * n)) / den
-    half = z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
-    return {"accuracy": float(p), "ci_low": float(centre - half), "ci_high": float(centre + half), "n_episodes": n}
+    low, high = proportion_ci(int(correct.sum()), len(correct), level)
+    return {"accuracy": float(correct.mean()), "ci_low": low, "ci_high": high, "n_episodes": len(correct)}
 
 
 def evaluate_episodes(

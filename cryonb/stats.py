@@ -3,7 +3,8 @@
 Public surface: :func:`student_t`, :func:`paired_t`, :func:`welch_t` (thin, checked wrappers over
 scipy returning a :class:`TTest`), :func:`cohens_d`, :func:`hedges_g`, :func:`paired_dz`
 (effect sizes with exact 95 % confidence intervals from the noncentral t distribution),
-:func:`holm` (statsmodels ``multipletests``), :func:`runs_needed` (statsmodels power analysis) and
+:func:`holm` (statsmodels ``multipletests``), :func:`runs_needed` (statsmodels power analysis),
+:func:`proportion_ci` (Wilson interval of an accuracy, statsmodels) and
 :func:`compare_inits`, which turns the long-format fine-tuning table into one row per
 (SNR, label fraction, CSSL initialisation) comparison against random initialisation.
 
@@ -36,6 +37,7 @@ __all__ = [
     "holm",
     "runs_needed",
     "compare_inits",
+    "proportion_ci",
     "FINETUNE_COLUMNS",
 ]
 
@@ -299,3 +301,14 @@ def compare_inits(table: pd.DataFrame, metric: str = "test_acc", baseline: str =
 def as_dict(result: TTest | EffectSize) -> dict[str, object]:
     """A result as a plain dict (for tables and JSON)."""
     return asdict(result)
+
+
+def proportion_ci(successes: int, n: int, level: float = 0.95) -> tuple[float, float]:
+    """Wilson confidence interval of a proportion such as an accuracy over ``n`` independent trials
+    (statsmodels ``proportion_confint``); good near 0 and 1, where the normal approximation is not."""
+    from statsmodels.stats.proportion import proportion_confint
+
+    if n < 1 or not 0 <= successes <= n:
+        raise CryoNBError(f"proportion of {successes} in {n} trials: expected n >= 1 and 0 <= successes <= n")
+    low, high = proportion_confint(successes, n, alpha=1 - level, method="wilson")
+    return float(low), float(high)

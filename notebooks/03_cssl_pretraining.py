@@ -53,6 +53,7 @@ import seaborn as sns
 import torch
 from sklearn.manifold import TSNE
 
+from cryonb import stats
 from cryonb.nb import start
 from cryonb.pretrain import PretrainConfig, embed, embedding_std, ensure_pretrained, knn_accuracy, load_encoder, random_encoder, standardise
 from cryonb.simulate import cssl_recipe, ensure_dataset
@@ -101,6 +102,12 @@ plt.show()
 # embedding: near zero means every input lands on almost the same point. A randomly initialised RB3D can
 # already be close to that (averages of z-scored noisy volumes look alike), so the check below asks that
 # pre-training did not shrink the spread further (collapse).
+#
+# How sure is the probe? With 200 validation volumes its 95 % interval (Wilson) is about ±5 points, so
+# at quick scale (6 epochs on 600 volumes) pre-trained and random encoders usually overlap: we saw the
+# best CSSL encoder ahead by 6.5 points on one simulated data set and behind by 2.5 on another that
+# differs only in the detector MTF (ideal vs measured K3). The paper profile asserts a clear win; the quick one reports the
+# intervals and says whether they separate.
 
 # %%
 reference = {"random": random_encoder(cfg, len(ds.classes), seed)}
@@ -108,7 +115,9 @@ rows, embeddings = [], {}
 for name, model in {**reference, **{m: enc for m, (_, enc) in encoders.items()}}.items():
     e_train, e_val = embed(model, ds.volumes, train_idx), embed(model, ds.volumes, val_idx)
     embeddings[name] = standardise(e_train, e_val)[1]
-    rows.append({"snr": snr, "init": name, "knn_val_acc": knn_accuracy(e_train, labels[train_idx], e_val, labels[val_idx], knn_k),
+    acc = knn_accuracy(e_train, labels[train_idx], e_val, labels[val_idx], knn_k)
+    low, high = stats.proportion_ci(round(acc * len(val_idx)), len(val_idx))
+    rows.append({"snr": snr, "init": name, "knn_val_acc": acc, "ci_low": low, "ci_high": high,
                  "embedding_spread": embedding_std(e_val), "seed": seed})
 probe = pd.DataFrame(rows)
 run.save_table(probe, "03_knn_probe", formats=("csv", "md"))
@@ -123,10 +132,13 @@ if collapsed:
           "pre-training it means the method collapsed or trained too briefly.")
 random_row = probe[probe.init == "random"].iloc[0]
 assert (probe.embedding_spread >= 0.5 * random_row.embedding_spread).all(), "pre-training shrank the embedding below its random initialisation (collapse)"
-best = probe[probe.init != "random"].knn_val_acc.max()
-print(f"best CSSL k-NN accuracy {best:.3f} vs random init {random_row.knn_val_acc:.3f} (chance 0.1)")
-if profile != "smoke":  # smoke trains a couple of steps: too few to beat random weights
-    assert best > random_row.knn_val_acc, "no pre-trained encoder beat random initialisation on the k-NN probe"
+best_row = probe[probe.init != "random"].sort_values("knn_val_acc").iloc[-1]
+separated = best_row.ci_low > random_row.ci_high
+print(f"best CSSL k-NN accuracy {best_row.knn_val_acc:.3f} ({best_row.init}, 95 % CI {best_row.ci_low:.3f}-{best_row.ci_high:.3f}) "
+      f"vs random init {random_row.knn_val_acc:.3f} ({random_row.ci_low:.3f}-{random_row.ci_high:.3f}); chance 0.1: "
+      + ("pre-training clearly helps" if separated else "the intervals overlap, so this probe cannot tell them apart"))
+if profile == "paper":  # full pre-training on 6,000 volumes: the paper's premise must show here
+    assert separated, "no pre-trained encoder beat random initialisation on the k-NN probe beyond its 95 % interval"
 
 # %% [markdown]
 # ## The embedding in two dimensions (t-SNE, coloured by class)

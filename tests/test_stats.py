@@ -142,3 +142,17 @@ def test_compare_inits_checks_columns_and_baseline() -> None:
         compare_inits(t.drop(columns="run"))
     with pytest.raises(CryoNBError, match="baseline init 'scratch'"):
         compare_inits(t, baseline="scratch")
+
+
+def test_proportion_ci_is_wilson() -> None:
+    from cryonb.stats import proportion_ci
+
+    # Wilson interval, written out: centre (p + z²/2n) / (1 + z²/n), half-width z·sqrt(p(1-p)/n + z²/4n²) / (1 + z²/n)
+    z, n, k = 1.959963984540054, 200, 31
+    p = k / n
+    den = 1 + z**2 / n
+    centre, half = (p + z**2 / (2 * n)) / den, z * math.sqrt(p * (1 - p) / n + z**2 / (4 * n**2)) / den
+    assert proportion_ci(k, n) == pytest.approx((centre - half, centre + half), abs=1e-12)
+    assert proportion_ci(0, 10)[0] == 0.0 and proportion_ci(10, 10)[1] == pytest.approx(1.0)
+    with pytest.raises(CryoNBError, match="proportion of 11 in 10 trials"):
+        proportion_ci(11, 10)
