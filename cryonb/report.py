@@ -230,8 +230,9 @@ def _dice(t: dict[str, pd.DataFrame], snr: str, threshold: float, profile: str) 
     rows = summary[summary.snr == snr]
     if rows.empty:
         return Verdict("–", UNTESTABLE, f"no segmentation at SNR {snr}")
-    worst = float(rows[["dice_before_min", "dice_after_min"]].max(axis=1).max())
-    return Verdict(f"lowest class Dice {worst:.3f}", HOLDS if worst > threshold else FAILS, _scale_note(profile))
+    # per model: its worst per-class mean Dice, with or without the CRF; then the best model
+    worst = float(rows[["dice_before_worst_class", "dice_after_worst_class"]].max(axis=1).max())
+    return Verdict(f"lowest class-mean Dice {worst:.3f}", HOLDS if worst > threshold else FAILS, _scale_note(profile))
 
 
 def _crf_improves(t: dict[str, pd.DataFrame], profile: str) -> Verdict:

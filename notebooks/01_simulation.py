@@ -27,7 +27,8 @@
 #
 # **What you need:** nothing beyond `make reproduce`. Data sets are cached in `data/generated/` by a
 # hash of their recipe, so later notebooks reuse them. Run time (2 CPU cores): smoke ≈ 40 s,
-# quick ≈ 3–6 min (4,800 subtomograms), paper ≈ 15–25 min (15,000 CSSL + 4,500 COS-Net).
+# quick ≈ 0.5 min from nothing (4,800 subtomograms; measured 27 s), paper ≈ 2–3 min (15,000 CSSL +
+# 4,500 COS-Net subtomograms at the ≈ 190 per second `benchmarks/bench_simulate.py` measures).
 #
 # NOTE: the CSSL paper's text lost its first SNR value; **0.1 is our assumption**.
 
