@@ -13,10 +13,8 @@ import math
 import resource
 import tempfile
 import time
-from functools import lru_cache
 
 import numpy as np
-import starfile
 from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
@@ -28,12 +26,7 @@ from cryonb.simulate import (
     make_scene,
     simulate_tiltseries,
 )
-from cryonb.simulate.optics import measured_mtf_path
-
-
-@lru_cache(maxsize=2)
-def _mtf_table(name: str):  # noqa: ANN202 - read once, as any script would
-    return starfile.read(measured_mtf_path(name))
+from cryonb.simulate.optics import measured_mtf
 
 
 def _ctf_numpy(k: np.ndarray, defocus_um: float, cfg) -> np.ndarray:  # noqa: ANN001
@@ -44,8 +37,8 @@ def _ctf_numpy(k: np.ndarray, defocus_um: float, cfg) -> np.ndarray:  # noqa: AN
     if cfg.detector_mtf == "ideal":
         mtf = np.sinc(k * cfg.detector_pixel_a)
     else:
-        table = _mtf_table(cfg.detector_mtf)
-        mtf = np.interp(k * cfg.detector_pixel_a, table["rlnResolutionInversePixel"], table["rlnMtfValue"])
+        freq, value = measured_mtf(cfg.detector_mtf)  # the same table the simulator reads (cached)
+        mtf = np.interp(k * cfg.detector_pixel_a, freq.numpy(), value.numpy())
     return -np.sin(chi) * np.exp(-cfg.b_factor_a2 * k**2 / 4) * mtf
 
 

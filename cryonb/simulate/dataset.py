@@ -321,9 +321,11 @@ def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_work
 
     if workers <= 1 or len(chunks) <= 2:
         _init_worker(recipe.to_dict(), maps, partial)
-        for ch in chunks:
-            store(_run_chunk(ch))
-        _WORKER.clear()  # drop this process's memmaps before the folder is renamed
+        try:
+            for ch in chunks:
+                store(_run_chunk(ch))
+        finally:
+            _WORKER.clear()  # drop this process's memmaps, also when a time budget stops the run
     else:
         # fork: no re-import of __main__ (scripts need no guard) and instant start; children run
         # torch single-threaded, so they never enter an OpenMP region inherited from the parent

@@ -73,7 +73,7 @@ def mtf_of_k(k_inv_a: torch.Tensor, config: SimulationConfig) -> torch.Tensor:
 
     'ideal': the pixel-aperture sinc of a perfect counting detector, sinc(π f / 2) with f the fraction
     of the detector's Nyquist (one line, so written here). Otherwise a measured curve from ttsim3d
-    (read by torch-fourier-filter), linearly interpolated and held constant past its last point.
+    (:func:`measured_mtf`), linearly interpolated and held constant past its last point.
     """
     f_px = k_inv_a.to(torch.float64) * config.detector_pixel_a
     if config.detector_mtf == IDEAL_DETECTOR:
