@@ -129,3 +129,9 @@ def test_batchnorm_statistics_are_recomputed_over_the_training_pool() -> None:
     assert torch.allclose(first_bn.running_mean, exact_mean, atol=1e-4)
     assert not torch.allclose(nets[False].enc1[2].running_mean, exact_mean, atol=1e-4)
     assert not nets[True].training
+
+
+@pytest.mark.parametrize(("field", "value"), [("steps", 0), ("steps_per_epoch", 0), ("n_way", 1), ("lr", 0.0)])
+def test_bad_training_settings_name_the_parameter(field: str, value: float) -> None:
+    with pytest.raises(CryoNBError, match=rf"{field}={value}: expected"):
+        TrainEpisodesConfig(**{field: value})
