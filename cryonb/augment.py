@@ -13,11 +13,12 @@ from __future__ import annotations
 
 import math
 from dataclasses import dataclass
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 
-from cryonb.errors import CryoNBError
+from cryonb.errors import CryoNBError, reject_unknown_keys
 
 __all__ = ["AugmentConfig", "sample_transforms", "augment", "two_views"]
 
@@ -40,6 +41,11 @@ class AugmentConfig:
         lo, hi = self.crop_scale
         if not 0 < lo <= hi <= 1:
             raise CryoNBError(f"augment crop_scale must satisfy 0 < low ≤ high ≤ 1, got {self.crop_scale}")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "AugmentConfig":
+        reject_unknown_keys(raw, cls, "augment")
+        return cls(**{k: tuple(v) if isinstance(v, list) else v for k, v in raw.items()})
 
 
 def _rotation_z(angle: torch.Tensor) -> torch.Tensor:

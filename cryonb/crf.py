@@ -29,13 +29,13 @@ import torch
 import torch.nn.functional as F
 
 from cryonb.errors import CryoNBError, reject_unknown_keys
+from cryonb.metrics import dice
 
 __all__ = [
     "CRFParams",
     "dense_crf",
     "dense_crf_bruteforce",
     "probs_to_unary",
-    "dice",
     "sweep_crf_params",
     "select_crf_params",
 ]
@@ -256,16 +256,6 @@ def dense_crf_bruteforce(unary: torch.Tensor, image: torch.Tensor, params: CRFPa
                 q = torch.softmax(-u + k @ q, 1)
         out.append(q.t().reshape(l, *size))
     return torch.stack(out).to(unary.device, torch.float32)
-
-
-def dice(pred: torch.Tensor, target: torch.Tensor, eps: float = 1e-6) -> torch.Tensor:
-    """Dice similarity coefficient 2|P∩G| / (|P|+|G|) per volume.
-
-    pred, target : (B, ...) binary or probabilities → (B,) Dice in [0, 1] (1 when both are empty).
-    """
-    p = pred.float().flatten(1)
-    g = target.float().flatten(1)
-    return (2 * (p * g).sum(1) + eps) / (p.sum(1) + g.sum(1) + eps)
 
 
 def sweep_crf_params(

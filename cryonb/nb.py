@@ -1,8 +1,9 @@
-"""What every notebook does first and last: seed, pick the device, save figures and tables.
+"""What every notebook does first and last: read the spec, seed, pick the device, save figures and tables.
 
-Notebooks call :func:`start` in their first code cell after the parameters
-cell, and save every figure and table through the returned :class:`Run`, so
-results land in ``results/<profile>/`` with the same names on every machine.
+Notebooks call :func:`start` in their first code cell after the parameters cell, and save every figure and
+table through the returned :class:`Run`, so results land in ``results/<profile>/`` with the same names on
+every machine. ``run.spec`` is the profile's experiment spec (:mod:`cryonb.spec`): the one the runner handed
+over, or ``params/<profile>.yaml`` read here when the notebook is opened by hand, so both train the same models.
 """
 
 from __future__ import annotations
@@ -18,8 +19,10 @@ from typing import Any
 import numpy as np
 import torch
 
+from cryonb.device import pick_device
 from cryonb.io import atomic_path, write_text_atomic
 from cryonb.paths import resolve
+from cryonb.spec import Spec, load_profile
 
 __all__ = ["Run", "start", "seed_everything", "pick_device", "environment"]
 
@@ -33,13 +36,6 @@ def seed_everything(seed: int) -> torch.Generator:
     np.random.seed(seed % (2**32))
     torch.manual_seed(seed)
     return torch.Generator().manual_seed(seed)
-
-
-def pick_device(device: str = "auto") -> torch.device:
-    """``"auto"`` → CUDA when available, else CPU; anything else is passed to ``torch.device``."""
-    if device == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(device)
 
 
 def environment() -> dict[str, Any]:
@@ -66,15 +62,19 @@ def environment() -> dict[str, Any]:
 
 @dataclass
 class Run:
-    """Paths and helpers of one notebook execution."""
+    """Paths and helpers of one notebook execution; ``spec`` holds every experiment setting."""
 
     name: str
     profile: str
-    seed: int
+    spec: Spec
     results_dir: Path
     work_dir: Path
     device: torch.device
     generator: torch.Generator = field(repr=False)
+
+    @property
+    def seed(self) -> int:
+        return int(self.spec.seed)
 
     @property
     def figures_dir(self) -> Path:
@@ -119,19 +119,22 @@ class Run:
         return write_text_atomic(self.tables_dir / f"{name}.json", json.dumps(obj, indent=2, sort_keys=True, default=str))
 
 
-def start(name: str, profile: str, seed: int, results_dir: str, work_dir: str, device: str = "auto") -> Run:
-    """Seed everything, pick the device, create the output folders and print what a reader needs to know."""
-    generator = seed_everything(seed)
+def start(name: str, profile: str, results_dir: str, work_dir: str, spec: dict[str, Any] | None = None) -> Run:
+    """Read the spec, seed everything, pick the device, create the output folders and print what a reader needs.
+
+    spec : the profile's experiment entries as the runner passes them; None reads ``params/<profile>.yaml``.
+    """
+    parsed = load_profile(profile).spec if spec is None else Spec.from_dict(spec, f"the spec of profile {profile!r}")
     run = Run(
         name=name,
         profile=profile,
-        seed=seed,
+        spec=parsed,
         results_dir=resolve(results_dir),
         work_dir=resolve(work_dir),
-        device=pick_device(device),
-        generator=generator,
+        device=pick_device(parsed.device),
+        generator=seed_everything(parsed.seed),
     )
     run.results_dir.mkdir(parents=True, exist_ok=True)
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    print(f"notebook {name} | profile {profile} | seed {seed} | device {run.device} | torch {torch.__version__}")
+    print(f"notebook {name} | profile {profile} | seed {run.seed} | device {run.device} | torch {torch.__version__}")
     return run

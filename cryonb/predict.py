@@ -1,7 +1,8 @@
 """Apply trained models to extracted subtomograms (the output folder of ``python -m cryonb extract``).
 
-Public surface: :func:`load_subtomograms`, :func:`load_checkpoint`, :func:`read_support`,
-:func:`oneshot_predict`, :func:`write_oneshot`.
+Public surface: :func:`load_subtomograms`, :func:`read_support`, :func:`classify_predict`,
+:func:`write_predictions`, :func:`oneshot_predict`, :func:`write_oneshot`. Checkpoints are read by
+:mod:`cryonb.checkpoints` (tensors and plain values only).
 
 A support folder holds one entry per class, named after the class: either a sub-folder of MRC
 volumes (several = k-shot; their embeddings are averaged, as in :func:`cryonb.oneshot.episode_logits`)
@@ -12,7 +13,6 @@ with the same ``extract`` call (``--mrc``) and copy the ones you choose.
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -21,6 +21,8 @@ import numpy as np
 import pandas as pd
 import torch
 
+from cryonb import checkpoints
+from cryonb.embedding import class_prototypes, embed, prototype_scores
 from cryonb.errors import CryoNBError
 from cryonb.io import read_mrc, save_npy_atomic, write_mrc, write_text_atomic
 
@@ -28,19 +30,12 @@ __all__ = [
     "Subtomograms",
     "Support",
     "load_subtomograms",
-    "load_checkpoint",
-    "checkpoint_kind",
     "read_support",
     "oneshot_predict",
     "write_oneshot",
-    "CHECKPOINT_FORMAT",
     "classify_predict",
     "write_predictions",
 ]
-
-#: newest checkpoint ``format_version`` this code reads (a checkpoint without one counts as 1)
-CHECKPOINT_FORMAT = 1
-
 
 @dataclass(frozen=True)
 class Subtomograms:
@@ -88,55 +83,6 @@ def load_subtomograms(folder: str | os.PathLike[str]) -> Subtomograms:
     return Subtomograms(f, volumes, meta, voxel)
 
 
-def checkpoint_kind(payload: dict[str, Any]) -> str:
-    """Which model a checkpoint holds: "cosnet", "rb3d" or the name it declares ("unknown" if none)."""
-    for key in ("model_type", "arch", "model_name", "kind", "model_class"):  # model_class: cryonb.train.fit
-        value = payload.get(key)
-        if isinstance(value, str):
-            return value.lower().replace("-", "")
-    config = payload.get("model_config") or {}
-    if "variant" in payload and "attention" in config:
-        return "cosnet"
-    if {"n_classes", "width", "embedding_dim"} <= set(config):
-        return "rb3d"
-    return "unknown"
-
-
-def load_checkpoint(path: str | os.PathLike[str], expected: str) -> dict[str, Any]:
-    """Load a checkpoint dict safely (tensors and plain types only) and check it holds ``expected``.
-
-    Raises
-    ------
-    CryoNBError
-        Missing or unreadable file, not a cryonb checkpoint, or a checkpoint of another model.
-    """
-    p = Path(path)
-    if not p.is_file():
-        raise CryoNBError(f"{p}: no such checkpoint file")
-    try:
-        # weights_only: a checkpoint from someone else cannot run code when loaded.
-        payload = torch.load(p, map_location="cpu", weights_only=True)
-    except Exception as exc:  # torch raises several types for corrupt or unsafe files
-        raise CryoNBError(
-            f"{p}: not a readable cryonb checkpoint ({type(exc).__name__}: {' '.join(str(exc).split())[:200]}); "
-            "only model checkpoints (tensors and plain values, e.g. best.pt) are loaded, never a training "
-            "state holding Python objects (last.pt)"
-        ) from exc
-    if not isinstance(payload, dict) or "model" not in payload:
-        raise CryoNBError(f"{p}: not a cryonb checkpoint (expected a dict with a 'model' state dict)")
-    version = payload.get("format_version", 1)
-    if not isinstance(version, int) or version > CHECKPOINT_FORMAT:
-        raise CryoNBError(
-            f"{p}: checkpoint format_version {version!r} is newer than this cryonb reads ({CHECKPOINT_FORMAT}); "
-            "update cryonb or re-export the checkpoint"
-        )
-    kind = checkpoint_kind(payload)
-    if kind != expected:
-        hint = {"cosnet": "use `python -m cryonb oneshot`", "rb3d": "use `python -m cryonb classify`"}.get(kind, "")
-        raise CryoNBError(f"{p}: checkpoint of model {kind!r}, expected {expected!r}" + (f"; {hint}" if hint else ""))
-    return payload
-
-
 def _zscore(v: np.ndarray) -> np.ndarray:
     std = float(v.std())
     return ((v - v.mean()) / std if std > 0 else np.zeros_like(v)).astype(np.float32)
@@ -180,26 +126,6 @@ def read_support(folder: str | os.PathLike[str], box: int, voxel_size_a: float |
     return Support(list(files), np.stack(volumes), np.array(class_of))
 
 
-def _instantiate(source: str, model_name: str, advice: str, build: Callable[[], torch.nn.Module],
-                 state: dict[str, torch.Tensor]) -> Any:
-    """Build a model and load its weights; any mismatch becomes one clear error naming the checkpoint."""
-    try:
-        net = build()
-        net.load_state_dict(state)
-    except (TypeError, KeyError, RuntimeError, CryoNBError) as exc:
-        raise CryoNBError(
-            f"{source}: {model_name} checkpoint incompatible with this cryonb version ({' '.join(str(exc).split())[:300]}); {advice}"
-        ) from exc
-    return net.eval()
-
-
-def _load_cosnet(payload: dict[str, Any], source: str) -> Any:
-    from cryonb.models.cosnet import COSNet, COSNetConfig
-
-    return _instantiate(source, "COS-Net", "retrain it with this version",
-                        lambda: COSNet(COSNetConfig(**payload["model_config"])), payload["model"])
-
-
 @torch.no_grad()
 def oneshot_predict(
     checkpoint: str | os.PathLike[str],
@@ -218,27 +144,14 @@ def oneshot_predict(
     masks : np.ndarray, (N, box, box, box) float32 or None
         Segmentation probabilities, None for a variant without decoder.
     """
-    payload = load_checkpoint(checkpoint, "cosnet")
-    net = _load_cosnet(payload, str(checkpoint))
+    net, payload = checkpoints.load_model(checkpoint, "cosnet")
     box = subtomos.volumes.shape[1]
-    if net.cfg.box != box:
-        raise CryoNBError(f"{checkpoint}: COS-Net was trained on {net.cfg.box}³ boxes, the subtomograms are {box}³; re-extract with --box {net.cfg.box}")
-
-    def run(volumes: np.ndarray) -> tuple[torch.Tensor, list[np.ndarray]]:
-        embs, masks = [], []
-        for s in range(0, len(volumes), batch_size):
-            x = torch.from_numpy(np.array(volumes[s : s + batch_size], dtype=np.float32))[:, None]  # a writable copy
-            e, m = net(x)
-            embs.append(e)
-            if m is not None:
-                masks.append(m[:, 0].numpy())
-        return torch.cat(embs), masks
-
-    sup_emb, _ = run(support.volumes)
-    n_cls = len(support.names)
-    protos = torch.stack([sup_emb[torch.from_numpy(support.class_of == c)].mean(0) for c in range(n_cls)])
-    emb, mask_parts = run(subtomos.volumes)
-    logits = net.match_logits((emb[:, None, :] - protos[None]).abs())  # (N, n)
+    if net.config.box != box:
+        raise CryoNBError(f"{checkpoint}: COS-Net was trained on {net.config.box}³ boxes, the subtomograms are {box}³; re-extract with --box {net.config.box}")
+    sup_emb, _ = embed(net, support.volumes, batch_size=batch_size)
+    protos = class_prototypes(sup_emb, support.class_of, len(support.names))
+    emb, masks_t = embed(net, subtomos.volumes, batch_size=batch_size)
+    logits = prototype_scores(emb, protos, head=net.match_logits)  # (N, n)
     prob = torch.sigmoid(logits).numpy()
     best = prob.argmax(1)
     table = pd.DataFrame({"index": np.arange(len(prob)), "predicted": [support.names[i] for i in best], "probability": prob.max(1)})
@@ -250,8 +163,7 @@ def oneshot_predict(
     table["checkpoint"] = str(checkpoint)
     table["variant"] = payload.get("variant", "")
     table["seed"] = payload.get("seed", "")
-    masks = np.concatenate(mask_parts).astype(np.float32) if mask_parts else None
-    return table, masks
+    return table, (masks_t.numpy() if masks_t is not None else None)
 
 
 def write_oneshot(
@@ -266,29 +178,6 @@ def write_oneshot(
         written.append(save_npy_atomic(out / "masks.npy", masks))
     written.append(write_text_atomic(out / "oneshot.csv", table.to_csv(index=False)))
     return written
-
-
-def _load_rb3d(payload: dict[str, Any], source: str) -> Any:
-    from cryonb.models.rb3d import RB3D, RB3DConfig
-
-    # DDP checkpoints prefix every key with "module.".
-    state = {k.removeprefix("module."): v for k, v in payload["model"].items()}
-    return _instantiate(source, "RB3D", "retrain or re-export it with this version",
-                        lambda: RB3D(_rb3d_config(payload, state, RB3DConfig)), state)
-
-
-def _rb3d_config(payload: dict[str, Any], state: dict[str, torch.Tensor], config_cls: Any) -> Any:
-    """The RB3DConfig recorded in the checkpoint, else read off the weights' shapes (cryonb.train's best.pt
-    stores only the state dict); dropout does not matter at inference."""
-    if "model_config" in payload:
-        return config_cls(**payload["model_config"])
-    return config_cls(
-        n_classes=int(state["classifier.weight"].shape[0]),
-        width=int(state["stem.0.weight"].shape[0]),
-        embedding_dim=int(state["embedding.0.weight"].shape[0]),
-        pool_size=round((state["embedding.0.weight"].shape[1] / state["stem.0.weight"].shape[0]) ** (1 / 3)),
-        norm="batch" if any(k.endswith("running_mean") for k in state) else "none",
-    )
 
 
 def _class_names(payload: dict[str, Any], n_classes: int, source: str) -> list[str]:
@@ -316,8 +205,7 @@ def classify_predict(checkpoint: str | os.PathLike[str], subtomos: Subtomograms,
         ``p_<class>`` for every class (they sum to 1), ``x, y, z, border`` from meta.csv when present.
     """
     source = str(checkpoint)
-    payload = load_checkpoint(checkpoint, "rb3d")
-    net = _load_rb3d(payload, source)
+    net, payload = checkpoints.load_model(checkpoint, "rb3d")
     box = subtomos.volumes.shape[1]
     if payload.get("box") not in (None, box):
         raise CryoNBError(f"{source}: classifier trained on {payload['box']}³ boxes, the subtomograms are {box}³; re-extract with --box {payload['box']}")

@@ -1,15 +1,16 @@
-"""CSSL pre-training of RB3D and the frozen-embedding quality signal (k-NN accuracy).
+"""CSSL pre-training of RB3D (one step: a data set and a config in, an encoder out) and the frozen-embedding probe.
 
-``ensure_pretrained(method, recipe, cfg, work_dir)`` returns the path of an encoder checkpoint, training it
-only when no checkpoint with the same method, data recipe and config exists (content hash), and resuming a
-run that was interrupted. Pre-training sees the training split without labels, as in the paper.
+Public surface: :class:`SSLConfig`, :class:`PretrainConfig`, :func:`build_ssl`, :func:`random_encoder`,
+:func:`pretrain`, :func:`save_encoder`, :func:`load_encoder`, :func:`knn_accuracy`, :func:`embedding_std`,
+:func:`standardise`.
+
+Pre-training sees the training split without labels, as in the paper. Which data set, which folder and whether
+a finished encoder is reused is decided by :mod:`cryonb.experiments.cssl`; this module builds nothing itself.
 """
 
 from __future__ import annotations
 
-import hashlib
-import json
-from dataclasses import asdict, dataclass, field
+from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -18,26 +19,32 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from cryonb import checkpoints
 from cryonb.augment import AugmentConfig, two_views
 from cryonb.data import iterate_batches, to_tensor
 from cryonb.errors import CryoNBError, reject_unknown_keys
-from cryonb.io import atomic_path
 from cryonb.models.rb3d import RB3D, RB3DConfig
 from cryonb.ssl import METHODS, MoCo, SimCLR, SwAV
-from cryonb.train import History, TrainConfig, fit, load_checkpoint
+from cryonb.train import History, TrainConfig, fit
 
-__all__ = ["PretrainConfig", "build_ssl", "ensure_pretrained", "load_encoder", "random_encoder", "embed", "knn_accuracy", "embedding_std", "standardise"]
+__all__ = [
+    "SSLConfig",
+    "PretrainConfig",
+    "build_ssl",
+    "random_encoder",
+    "pretrain",
+    "save_encoder",
+    "load_encoder",
+    "knn_accuracy",
+    "embedding_std",
+    "standardise",
+]
 
 
-@dataclass
-class PretrainConfig:
-    width: int = 16
-    embedding_dim: int = 256
-    pool_size: int = 4  # RB3D's pooled cells per axis (see cryonb.models.rb3d)
-    epochs: int = 200
-    batch_size: int = 16
-    lr: float = 1e-4
-    weight_decay: float = 1e-4
+@dataclass(frozen=True)
+class SSLConfig:
+    """The three methods' own settings (MoCo: the paper's; SimCLR / SwAV: see the REPORT's deviations)."""
+
     projection_dim: int = 128
     moco_queue: int = 128
     moco_momentum: float = 0.999
@@ -46,23 +53,46 @@ class PretrainConfig:
     swav_prototypes: int = 30
     swav_queue: int = 64
     swav_temperature: float = 0.1
-    max_samples: int | None = None  # cap on unlabelled training subtomograms (quick profile)
-    seed: int = 0
-    augment: AugmentConfig = field(default_factory=AugmentConfig)
 
     @classmethod
-    def from_dict(cls, raw: dict[str, Any]) -> "PretrainConfig":
-        raw = dict(raw)
-        reject_unknown_keys(raw, cls, "pre-training")
-        if isinstance(raw.get("augment"), dict):
-            raw["augment"] = AugmentConfig(**raw["augment"])
+    def from_dict(cls, raw: dict[str, Any]) -> "SSLConfig":
+        reject_unknown_keys(raw, cls, "ssl")
         return cls(**raw)
 
-    def encoder_config(self, n_classes: int) -> RB3DConfig:
-        return RB3DConfig(n_classes=n_classes, width=self.width, embedding_dim=self.embedding_dim, pool_size=self.pool_size)
+
+@dataclass(frozen=True)
+class PretrainConfig:
+    """One pre-training: the encoder's architecture, the optimiser, the method settings and the views.
+
+    model : RB3D architecture (``n_classes`` is set from the data). batch_size : pairs of views per step.
+    max_samples : cap on the unlabelled training subtomograms (quick profile), drawn with the run's seed.
+    """
+
+    model: RB3DConfig = field(default_factory=RB3DConfig)
+    train: TrainConfig = field(default_factory=lambda: TrainConfig(epochs=200, lr=1e-4, weight_decay=1e-4, optimizer="adam"))
+    ssl: SSLConfig = field(default_factory=SSLConfig)
+    augment: AugmentConfig = field(default_factory=AugmentConfig)
+    batch_size: int = 16
+    max_samples: int | None = None
+
+    def __post_init__(self) -> None:
+        if int(self.batch_size) < 2:
+            raise CryoNBError(f"pretrain batch_size={self.batch_size}: expected ≥ 2 (contrastive losses need negatives)")
+        if self.max_samples is not None and int(self.max_samples) < 2:
+            raise CryoNBError(f"pretrain max_samples={self.max_samples}: expected null or ≥ 2")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], model: RB3DConfig) -> "PretrainConfig":
+        """From the spec's ``pretrain:`` block; the architecture comes from the paper's shared ``model:``."""
+        raw = dict(raw)
+        reject_unknown_keys(raw, cls, "pretrain")
+        if "model" in raw:
+            raise CryoNBError("pretrain: the RB3D architecture is set once, in cssl.model (pre-training and fine-tuning share it)")
+        return cls(model=model, train=TrainConfig.from_dict(raw.pop("train", {}), cls().train), ssl=SSLConfig.from_dict(raw.pop("ssl", {})),
+                   augment=AugmentConfig.from_dict(raw.pop("augment", {})), **raw)
 
 
-def build_ssl(method: str, encoder: RB3D, cfg: PretrainConfig) -> nn.Module:
+def build_ssl(method: str, encoder: RB3D, cfg: SSLConfig) -> nn.Module:
     if method == "moco":
         return MoCo(encoder, cfg.projection_dim, cfg.moco_queue, cfg.moco_momentum, cfg.moco_temperature)
     if method == "simclr":
@@ -72,29 +102,32 @@ def build_ssl(method: str, encoder: RB3D, cfg: PretrainConfig) -> nn.Module:
     raise CryoNBError(f"unknown CSSL method {method!r}; expected one of {', '.join(METHODS)}")
 
 
-def random_encoder(cfg: PretrainConfig, n_classes: int, seed: int) -> RB3D:
-    torch.manual_seed(seed)
-    return RB3D(cfg.encoder_config(n_classes))
+def random_encoder(model: RB3DConfig, seed: int) -> RB3D:
+    """RB3D with random weights drawn from ``seed`` alone (global RNG state is restored afterwards)."""
+    with torch.random.fork_rng(devices=[]):
+        torch.manual_seed(seed)
+        return RB3D(model)
 
 
-def _key(method: str, data_key: str, cfg: PretrainConfig) -> str:
-    text = json.dumps({"method": method, "data": data_key, "cfg": asdict(cfg)}, sort_keys=True, default=str)
-    return hashlib.sha256(text.encode()).hexdigest()[:12]
-
-
-def _train_indices(ds: Any, cfg: PretrainConfig) -> np.ndarray:
+def _train_indices(ds: Any, cfg: PretrainConfig, seed: int) -> np.ndarray:
     idx = ds.indices(split="train")
     if cfg.max_samples is not None and len(idx) > cfg.max_samples:
-        idx = np.sort(np.random.default_rng(cfg.seed).choice(idx, cfg.max_samples, replace=False))
+        idx = np.sort(np.random.default_rng(seed).choice(idx, cfg.max_samples, replace=False))
     return idx
 
 
-def pretrain(method: str, ds: Any, cfg: PretrainConfig, checkpoint_dir: Path, progress: bool = True) -> tuple[RB3D, History]:
-    """Train one CSSL method on the data set's training split (labels unused); returns the encoder and history."""
-    n_classes = len(ds.classes)
-    encoder = random_encoder(cfg, n_classes, cfg.seed)
-    model = build_ssl(method, encoder, cfg)
-    idx = _train_indices(ds, cfg)
+def pretrain(method: str, ds: Any, cfg: PretrainConfig, *, seed: int, device: torch.device | str = "cpu",
+             checkpoint_dir: Path | None = None, progress: bool = True) -> tuple[RB3D, History]:
+    """Train one CSSL method on ``ds``'s training split (labels unused); returns the encoder and its history.
+
+    ds : a data set with ``volumes`` (N, D, D, D), ``classes`` and ``indices(split)``.
+    checkpoint_dir : :func:`cryonb.train.fit` writes ``last.pt`` there every epoch and resumes from it.
+    """
+    with torch.random.fork_rng(devices=[]):  # encoder and heads drawn from the seed alone
+        torch.manual_seed(seed)
+        encoder = RB3D(replace(cfg.model, n_classes=len(ds.classes)))
+        model = build_ssl(method, encoder, cfg.ssl)
+    idx = _train_indices(ds, cfg, seed)
     volumes = to_tensor(ds.volumes, idx)
     ids = torch.as_tensor(idx)
 
@@ -103,53 +136,20 @@ def pretrain(method: str, ds: Any, cfg: PretrainConfig, checkpoint_dir: Path, pr
             v1, v2 = two_views(volumes[b], cfg.augment, generator)
             yield v1, v2, ids[b]
 
-    train_cfg = TrainConfig(epochs=cfg.epochs, batch_size=cfg.batch_size, lr=cfg.lr, weight_decay=cfg.weight_decay,
-                            optimizer="adam", seed=cfg.seed, checkpoint_dir=checkpoint_dir, progress=progress)
-    history = fit(model, lambda m, b: {"loss": m.loss(*b)}, batches, train_cfg,
-                  on_step_end=lambda m, b, o: m.after_step())
-    return encoder, history
+    history = fit(model, lambda m, b: {"loss": m.loss(*b)}, batches, cfg.train, seed=seed, device=device,
+                  checkpoint_dir=checkpoint_dir, progress=progress, on_step_end=lambda m, b, o: m.after_step())
+    return encoder.cpu(), history
 
 
-def ensure_pretrained(method: str, recipe: Any, cfg: PretrainConfig, work_dir: str | Path, progress: bool = True) -> Path:
-    """Path of ``encoder.pt`` for (method, data recipe, cfg): reused if present, trained (or resumed) otherwise."""
-    from cryonb.paths import resolve
-    from cryonb.simulate import ensure_dataset
-
-    if method not in METHODS:
-        raise CryoNBError(f"unknown CSSL method {method!r}; expected one of {', '.join(METHODS)}")
-    ds = ensure_dataset(recipe, progress=progress)
-    folder = resolve(work_dir) / "cssl" / f"{method}-{_key(method, ds.root.name, cfg)}"
-    target = folder / "encoder.pt"
-    if target.is_file():
-        return target
-    encoder, history = pretrain(method, ds, cfg, folder / "train", progress=progress)
-    state = {"model": encoder.encoder_state(), "encoder_config": asdict(encoder.config), "method": method,
-             "dataset": ds.root.name, "pretrain_config": json.loads(json.dumps(asdict(cfg), default=str)),
-             "history": history.epochs, "seed": cfg.seed, "model_class": "RB3D"}
-    with atomic_path(target) as tmp:
-        torch.save(state, tmp)
-    return target
+def save_encoder(path: Path, encoder: RB3D, history: History, meta: dict[str, Any]) -> Path:
+    """Write the encoder (classifier head dropped) with its loss history and ``meta`` (method, data set, seeds)."""
+    return checkpoints.save_model(path, encoder, "rb3d-encoder", {**meta, "history": history.epochs})
 
 
 def load_encoder(path: str | Path, n_classes: int | None = None) -> RB3D:
     """An RB3D with pre-trained encoder weights and a fresh classifier (``n_classes`` or the saved one)."""
-    ckpt = load_checkpoint(Path(path))
-    if ckpt.get("model_class") != "RB3D" or "encoder_config" not in ckpt:
-        raise CryoNBError(f"{path}: not an RB3D encoder checkpoint (model_class {ckpt.get('model_class')!r})")
-    config = dict(ckpt["encoder_config"])
-    if n_classes is not None:
-        config["n_classes"] = n_classes
-    model = RB3D(RB3DConfig(**config))
-    model.load_encoder_state(ckpt["model"])
-    return model
-
-
-@torch.no_grad()
-def embed(encoder: RB3D, volumes: np.ndarray, index: np.ndarray, batch_size: int = 64) -> np.ndarray:
-    """Frozen embeddings ``(len(index), embedding_dim)`` in eval mode."""
-    encoder.eval()
-    out = [encoder.encode(to_tensor(volumes, index[i : i + batch_size])).numpy() for i in range(0, len(index), batch_size)]
-    return np.concatenate(out)
+    model, _ = checkpoints.load_model(path, "rb3d-encoder", n_classes)
+    return model  # type: ignore[return-value]
 
 
 def standardise(train_emb: np.ndarray, *others: np.ndarray) -> list[np.ndarray]:

@@ -1,11 +1,15 @@
 """Execute the notebooks with papermill: jupytext ``.py`` → ``.ipynb`` → executed notebook in ``results/<profile>/``.
 
-Public surface: :func:`list_notebooks`, :func:`select_notebooks`, :func:`load_params`, :func:`run_notebook`,
-:func:`run_all`. The runner adds ``profile``, ``results_dir`` and ``work_dir`` to each notebook's parameters.
+Public surface: :func:`list_notebooks`, :func:`select_notebooks`, :func:`notebook_defaults`, :func:`check_profile`,
+:func:`notebook_parameters`, :func:`run_notebook`, :func:`run_all`.
+
+Each notebook gets ``profile``, ``results_dir``, ``work_dir``, ``spec`` (the profile's experiment entries, the same
+for every notebook: see :mod:`cryonb.spec`) and its own presentation knobs from the profile's ``notebooks:`` section.
 """
 
 from __future__ import annotations
 
+import ast
 import json
 import os
 import sys
@@ -17,26 +21,28 @@ from typing import Any
 import jupytext
 import nbformat
 import papermill
-import yaml
 
 from cryonb.budget import PartDone, clear_deadline, set_deadline
 from cryonb.errors import CryoNBError
 from cryonb.io import atomic_path, write_text_atomic
 from cryonb.paths import repo_root
+from cryonb.spec import Profile, list_profiles, load_profile
 
 __all__ = [
     "NotebookResult",
     "list_notebooks",
     "list_profiles",
     "select_notebooks",
-    "load_params",
+    "notebook_defaults",
+    "check_profile",
+    "notebook_parameters",
     "run_notebook",
     "run_all",
     "RUNNER_PARAMETERS",
 ]
 
 #: Parameters the runner injects into every notebook (each notebook must declare them).
-RUNNER_PARAMETERS = ("profile", "results_dir", "work_dir")
+RUNNER_PARAMETERS = ("profile", "results_dir", "work_dir", "spec")
 
 
 @dataclass(frozen=True)
@@ -50,18 +56,10 @@ def notebooks_dir() -> Path:
     return repo_root() / "notebooks"
 
 
-def params_dir() -> Path:
-    return repo_root() / "params"
-
-
 def list_notebooks(folder: Path | None = None) -> list[Path]:
     """Numbered jupytext notebooks (``NN_name.py``) in execution order."""
     base = folder or notebooks_dir()
     return sorted(p for p in base.glob("[0-9][0-9]_*.py"))
-
-
-def list_profiles() -> list[str]:
-    return sorted(p.stem for p in params_dir().glob("*.yaml"))
 
 
 def select_notebooks(only: list[str] | None, notebooks: list[Path] | None = None) -> list[Path]:
@@ -79,18 +77,38 @@ def select_notebooks(only: list[str] | None, notebooks: list[Path] | None = None
     return chosen
 
 
-def load_params(profile: str) -> dict[str, dict[str, Any]]:
-    """The per-notebook parameter sections of ``params/<profile>.yaml``."""
-    path = params_dir() / f"{profile}.yaml"
-    if not path.is_file():
-        raise CryoNBError(f"unknown profile {profile!r}: no {path}; profiles are {', '.join(list_profiles())}")
-    try:
-        doc = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
-    except yaml.YAMLError as exc:
-        raise CryoNBError(f"{path}: not valid YAML ({exc})") from exc
-    if not isinstance(doc, dict) or not all(isinstance(v, dict) for v in doc.values()):
-        raise CryoNBError(f"{path}: expected one mapping of parameters per notebook stem")
-    return doc
+def notebook_defaults(source: Path) -> dict[str, Any]:
+    """The parameters cell of a notebook as {name: default value} (literals only; what papermill can override)."""
+    nb = jupytext.read(source)
+    cells = [c.source for c in nb.cells if c.cell_type == "code" and "parameters" in c.metadata.get("tags", [])]
+    if len(cells) != 1:
+        raise CryoNBError(f"{source}: {len(cells)} cells tagged 'parameters'; expected exactly one")
+    defaults = {}
+    for node in ast.parse(cells[0]).body:
+        if isinstance(node, ast.Assign) and len(node.targets) == 1 and isinstance(node.targets[0], ast.Name):
+            try:
+                defaults[node.targets[0].id] = ast.literal_eval(node.value)
+            except ValueError as exc:
+                raise CryoNBError(f"{source}: parameter {node.targets[0].id} is not a literal ({exc})") from exc
+    return defaults
+
+
+def check_profile(profile: Profile, notebooks: list[Path] | None = None) -> None:
+    """Every ``notebooks:`` section names a notebook and only its own knobs (papermill would only warn)."""
+    by_stem = {p.stem: p for p in (notebooks if notebooks is not None else list_notebooks())}
+    for stem, knobs in profile.notebooks.items():
+        if stem not in by_stem:
+            raise CryoNBError(f"{profile.path}: notebooks.{stem}: no such notebook; notebooks are {', '.join(by_stem)}")
+        unknown = sorted(set(knobs) - (set(notebook_defaults(by_stem[stem])) - set(RUNNER_PARAMETERS)))
+        if unknown:
+            raise CryoNBError(f"{profile.path}: notebooks.{stem}: {unknown} are not parameters of {stem}")
+
+
+def notebook_parameters(profile: Profile, stem: str, results_dir: Path, work_dir: Path) -> dict[str, Any]:
+    """What the runner injects into notebook ``stem``: its knobs, the spec, the profile and the folders."""
+    root = repo_root()
+    return {**profile.notebooks.get(stem, {}), "profile": profile.name, "spec": profile.raw_spec,
+            "results_dir": _relative(results_dir, root), "work_dir": _relative(work_dir, root)}
 
 
 def to_ipynb(source: Path) -> nbformat.NotebookNode:
@@ -104,16 +122,11 @@ def _failing_cell(exc: papermill.PapermillExecutionError) -> str:
     return f"cell {exc.exec_count} (index {exc.cell_index}) raised {exc.ename}: {exc.evalue}"
 
 
-def run_notebook(source: Path, profile: str, params: dict[str, Any], results_dir: Path, work_dir: Path) -> NotebookResult:
-    """Execute one notebook; the executed copy lands atomically in ``results_dir/<stem>.ipynb``."""
+def run_notebook(source: Path, parameters: dict[str, Any], results_dir: Path) -> NotebookResult:
+    """Execute one notebook with ``parameters`` (see :func:`notebook_parameters`); the executed copy lands
+    atomically in ``results_dir/<stem>.ipynb``."""
     results_dir.mkdir(parents=True, exist_ok=True)
     root = repo_root()
-    parameters = {
-        **params,
-        "profile": profile,
-        "results_dir": _relative(results_dir, root),
-        "work_dir": _relative(work_dir, root),
-    }
     target = results_dir / f"{source.stem}.ipynb"
     _prefer_this_python_kernel()
     start = time.perf_counter()
@@ -167,13 +180,16 @@ def run_all(profile: str, only: list[str] | None = None, results_dir: Path | Non
     max_minutes: a time budget for this call (cryonb.budget); long loops stop at their next saved state
     after it and :class:`~cryonb.budget.PartDone` is raised; the same call later continues.
     """
-    params = load_params(profile)
-    if max_minutes is not None:
-        set_deadline(60 * max_minutes)
+    loaded = load_profile(profile)
     chosen = select_notebooks(only)
+    check_profile(loaded)
     root = repo_root()
     out = results_dir or root / "results" / profile
     work = work_dir or root / "runs" / profile
+    out.mkdir(parents=True, exist_ok=True)
+    write_text_atomic(out / "params.yaml", loaded.path.read_text(encoding="utf-8"))  # the spec next to its results
+    if max_minutes is not None:
+        set_deadline(60 * max_minutes)
     results = []
     stopped: PartDone | None = None
     total_start = time.perf_counter()
@@ -181,7 +197,7 @@ def run_all(profile: str, only: list[str] | None = None, results_dir: Path | Non
         for i, nb in enumerate(chosen, 1):
             print(f"[{i}/{len(chosen)}] {nb.stem} (profile {profile}) ...", flush=True)
             try:
-                result = run_notebook(nb, profile, params.get(nb.stem, {}), out, work)
+                result = run_notebook(nb, notebook_parameters(loaded, nb.stem, out, work), out)
             except PartDone as exc:  # the budget ran out: report what finished, then say so
                 stopped = exc
                 break

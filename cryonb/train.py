@@ -2,14 +2,15 @@
 
 Usage::
 
-    cfg = TrainConfig(epochs=50, lr=5e-4, optimizer="sgd", scheduler="cosine", checkpoint_dir=Path("runs/x"))
-    history = fit(model, loss_fn, train_batches, cfg, validate=validate, select_metric="val_acc")
+    cfg = TrainConfig(epochs=50, lr=5e-4, optimizer="sgd", scheduler="cosine")
+    history = fit(model, loss_fn, train_batches, cfg, seed=0, device="cpu", checkpoint_dir=Path("runs/x"),
+                  validate=validate, select_metric="val_acc", best_kind="rb3d")
 
 - ``loss_fn(model, batch) -> dict`` with a scalar tensor ``"loss"`` (other entries are logged as floats).
-- ``train_batches(epoch, generator) -> Iterable[batch]``: the generator is seeded from ``cfg.seed`` and the
+- ``train_batches(epoch, generator) -> Iterable[batch]``: the generator is seeded from ``seed`` and the
   epoch, so a resumed run sees exactly the batches an uninterrupted run would.
 - ``validate(model) -> dict[str, float]`` after each epoch; with ``select_metric`` the best model's weights
-  are kept (``history.best_state``) and written to ``best.pt``.
+  are kept (``history.best_state``) and, with ``best_kind``, written to ``best.pt``.
 - ``on_step_end(model, batch, outputs)`` runs after each optimiser step (MoCo's momentum update and queue).
 
 A checkpoint (``last.pt``) is written atomically after each epoch with model, optimiser, scheduler, AMP scaler,
@@ -27,7 +28,7 @@ import math
 import os
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import asdict, dataclass, field, is_dataclass
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -35,21 +36,28 @@ import torch
 from torch import nn
 from tqdm.auto import tqdm
 
-from cryonb import budget
-from cryonb.errors import CryoNBError
-from cryonb.io import atomic_path
-from cryonb.nb import pick_device
+from cryonb import budget, checkpoints
+from cryonb.errors import CryoNBError, reject_unknown_keys
+from cryonb.device import pick_device
 
-__all__ = ["TrainConfig", "History", "fit", "load_checkpoint", "move_batch", "recalibrate_batchnorm"]
+__all__ = ["TrainConfig", "History", "fit", "move_batch", "recalibrate_batchnorm"]
 
 Batch = Any
 LossFn = Callable[[nn.Module, Batch], dict[str, torch.Tensor]]
 
 
-@dataclass
+@dataclass(frozen=True)
 class TrainConfig:
+    """Optimiser and schedule of one training run: the ``train:`` block of every step in the spec.
+
+    epochs : passes of ``train_batches`` (COS-Net: checkpoints of ``steps_per_epoch`` episode steps).
+    optimizer : "adam" (betas) or "sgd" (momentum); scheduler : None or "cosine" over ``epochs``.
+    amp : mixed precision, used on CUDA only.
+    NOTE: batch size, seed, device and checkpoint folder are not here: the batches come from the step, the
+    seed from the run, the device from the spec's ``device``, the folder from the content key.
+    """
+
     epochs: int = 10
-    batch_size: int = 16
     lr: float = 1e-4
     weight_decay: float = 1e-4
     optimizer: str = "adam"  # "adam" | "sgd"
@@ -57,23 +65,27 @@ class TrainConfig:
     betas: tuple[float, float] = (0.9, 0.999)
     scheduler: str | None = None  # None | "cosine"
     amp: bool = True  # used on CUDA only
-    device: str = "auto"
-    seed: int = 0
-    checkpoint_dir: Path | None = None
-    progress: bool = True
 
     def __post_init__(self) -> None:
-        if self.epochs < 1 or self.batch_size < 1:
-            raise CryoNBError(f"epochs and batch_size must be ≥ 1, got {self.epochs} and {self.batch_size}")
+        object.__setattr__(self, "betas", tuple(float(b) for b in self.betas))
+        if int(self.epochs) != self.epochs or self.epochs < 1:
+            raise CryoNBError(f"train epochs={self.epochs}: expected an integer ≥ 1")
         if not self.lr > 0:
-            raise CryoNBError(f"lr must be > 0, got {self.lr}")
+            raise CryoNBError(f"train lr={self.lr}: expected lr > 0")
+        if not self.weight_decay >= 0:
+            raise CryoNBError(f"train weight_decay={self.weight_decay}: expected ≥ 0")
         if self.optimizer not in ("adam", "sgd"):
-            raise CryoNBError(f"optimizer must be 'adam' or 'sgd', got {self.optimizer!r}")
+            raise CryoNBError(f"train optimizer={self.optimizer!r}: expected 'adam' or 'sgd'")
         if self.scheduler not in (None, "cosine"):
-            raise CryoNBError(f"scheduler must be null or 'cosine', got {self.scheduler!r}")
-        self.betas = tuple(self.betas)  # type: ignore[assignment]
-        if self.checkpoint_dir is not None:
-            self.checkpoint_dir = Path(self.checkpoint_dir)
+            raise CryoNBError(f"train scheduler={self.scheduler!r}: expected null or 'cosine'")
+        if len(self.betas) != 2 or not all(0 <= b < 1 for b in self.betas):
+            raise CryoNBError(f"train betas={list(self.betas)}: expected two numbers in [0, 1)")
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any], defaults: "TrainConfig | None" = None) -> "TrainConfig":
+        """``raw``'s settings over ``defaults`` (a step's own defaults, e.g. the paper's fine-tuning schedule)."""
+        reject_unknown_keys(raw, cls, "train")
+        return replace(defaults, **raw) if defaults is not None else cls(**raw)
 
 
 @dataclass
@@ -85,6 +97,14 @@ class History:
 
     def column(self, key: str) -> list[float]:
         return [e[key] for e in self.epochs if key in e]
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain values and tensors only, so a training state loads with ``weights_only=True``."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, raw: dict[str, Any]) -> "History":
+        return cls(**raw)
 
 
 def _dist_info() -> tuple[int, int]:
@@ -142,43 +162,32 @@ def move_batch(batch: Batch, device: torch.device) -> Batch:
     return batch
 
 
-def load_checkpoint(path: Path) -> dict[str, Any]:
-    """Load a checkpoint written by :func:`fit`, with a clear error for a missing or foreign file."""
-    if not Path(path).is_file():
-        raise CryoNBError(f"{path}: no such checkpoint")
-    try:
-        ckpt = torch.load(path, map_location="cpu", weights_only=False)
-    except Exception as exc:  # torch raises several types for a corrupt file
-        raise CryoNBError(f"{path}: not a readable torch checkpoint ({exc})") from exc
-    if not isinstance(ckpt, dict) or "model" not in ckpt:
-        raise CryoNBError(f"{path}: not a cryonb checkpoint (no 'model' entry)")
-    return ckpt
-
-
-def _save(path: Path, state: dict[str, Any]) -> None:
-    with atomic_path(path) as tmp:
-        torch.save(state, tmp)
-
-
 def fit(
     model: nn.Module,
     loss_fn: LossFn,
     train_batches: Callable[[int, torch.Generator], Iterable[Batch]],
     cfg: TrainConfig,
     *,
+    seed: int,
+    device: torch.device | str = "cpu",
+    checkpoint_dir: Path | None = None,
+    progress: bool = True,
     validate: Callable[[nn.Module], dict[str, float]] | None = None,
     select_metric: str | None = None,
     on_step_end: Callable[[nn.Module, Batch, dict[str, torch.Tensor]], None] | None = None,
-    checkpoint_meta: dict[str, Any] | None = None,
+    best_kind: str | None = None,
+    best_meta: dict[str, Any] | None = None,
 ) -> History:
     """Train ``model`` in place; see the module docstring. Returns the :class:`History`.
 
-    checkpoint_meta: plain values written into ``best.pt`` beside the weights (class names, box, voxel size,
-    seed: what ``python -m cryonb classify`` needs to check its input). The model's dataclass ``config``
-    goes in as ``model_config`` without asking.
+    seed : seeds each epoch's generator and global torch state, so a resumed run equals an uninterrupted one.
+    device : where to train ("auto" picks CUDA when present). checkpoint_dir : ``last.pt`` (resume),
+        ``metrics.jsonl`` and, with ``select_metric`` and ``best_kind``, ``best.pt``: a model checkpoint of
+        that kind (:mod:`cryonb.checkpoints`) with ``best_meta`` (class names, box, voxel size, seeds: what
+        ``python -m cryonb classify`` checks its input against).
     """
     world, rank = _dist_info()
-    device = pick_device(cfg.device)
+    device = pick_device(str(device))
     if world > 1 and device.type == "cuda":
         device = torch.device("cuda", int(os.environ.get("LOCAL_RANK", "0")))
     model.to(device)
@@ -189,26 +198,27 @@ def fit(
     scaler = torch.amp.GradScaler("cuda", enabled=use_amp)
     history = History()
     start_epoch = 0
-    last = cfg.checkpoint_dir / "last.pt" if cfg.checkpoint_dir else None
+    folder = Path(checkpoint_dir) if checkpoint_dir is not None else None
+    last = folder / "last.pt" if folder is not None else None
     if last is not None and last.is_file():
-        ckpt = load_checkpoint(last)
-        model.load_state_dict(ckpt["model"])
-        optimizer.load_state_dict(ckpt["optimizer"])
-        if scheduler is not None and ckpt.get("scheduler"):
-            scheduler.load_state_dict(ckpt["scheduler"])
-        scaler.load_state_dict(ckpt["scaler"])
-        history = ckpt["history"]
-        start_epoch = ckpt["epoch"] + 1
+        state = checkpoints.load_state(last)
+        model.load_state_dict(state["model"])
+        optimizer.load_state_dict(state["optimizer"])
+        if scheduler is not None and state.get("scheduler"):
+            scheduler.load_state_dict(state["scheduler"])
+        scaler.load_state_dict(state["scaler"])
+        history = History.from_dict(state["history"])
+        start_epoch = state["epoch"] + 1
     for epoch in range(start_epoch, cfg.epochs):
         # per-epoch seeds: resuming at any epoch reproduces the uninterrupted run exactly
-        torch.manual_seed(cfg.seed * 100_003 + epoch)
-        generator = torch.Generator().manual_seed(cfg.seed * 100_003 + epoch)
+        torch.manual_seed(seed * 100_003 + epoch)
+        generator = torch.Generator().manual_seed(seed * 100_003 + epoch)
         net.train()
         sums: dict[str, float] = {}
         n_steps = 0
         t0 = time.perf_counter()
         batches = train_batches(epoch, generator)
-        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not cfg.progress or rank != 0, leave=False)
+        bar = tqdm(batches, desc=f"epoch {epoch + 1}/{cfg.epochs}", disable=not progress or rank != 0, leave=False)
         for step, batch in enumerate(bar):
             if world > 1 and step % world != rank:
                 continue
@@ -243,10 +253,10 @@ def fit(
             if history.best_value is None or value > history.best_value:
                 history.best_value, history.best_epoch = value, epoch + 1
                 history.best_state = copy.deepcopy({k: v.detach().cpu() for k, v in model.state_dict().items()})
-        if rank == 0 and cfg.checkpoint_dir is not None:
-            _write_epoch(cfg, model, optimizer, scheduler, scaler, history, epoch, checkpoint_meta)
-        if cfg.checkpoint_dir is not None and epoch + 1 < cfg.epochs and _budget_used(world, device):
-            budget.check(f"epoch {epoch + 1}/{cfg.epochs} ({cfg.checkpoint_dir / 'last.pt'})")
+        if rank == 0 and folder is not None:
+            _write_epoch(folder, cfg, model, optimizer, scheduler, scaler, history, epoch, best_kind, best_meta)
+        if folder is not None and epoch + 1 < cfg.epochs and _budget_used(world, device):
+            budget.check(f"epoch {epoch + 1}/{cfg.epochs} ({last})")
     return history
 
 
@@ -261,31 +271,19 @@ def _budget_used(world: int, device: torch.device) -> bool:
     return used
 
 
-def _best_payload(model: nn.Module, history: History, epoch: int, meta: dict[str, Any] | None) -> dict[str, Any]:
-    payload: dict[str, Any] = {"model": history.best_state, "epoch": epoch, "model_class": type(model).__name__, "format_version": 1}
-    config = getattr(model, "config", None)
-    if is_dataclass(config) and not isinstance(config, type):
-        payload["model_config"] = asdict(config)
-    payload.update(meta or {})
-    return payload
-
-
-def _write_epoch(cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any, history: History, epoch: int,
-                 meta: dict[str, Any] | None = None) -> None:
-    assert cfg.checkpoint_dir is not None
-    cfg.checkpoint_dir.mkdir(parents=True, exist_ok=True)
-    state = {
+def _write_epoch(folder: Path, cfg: TrainConfig, model: nn.Module, optimizer: torch.optim.Optimizer, scheduler: Any, scaler: Any,
+                 history: History, epoch: int, best_kind: str | None, best_meta: dict[str, Any] | None) -> None:
+    folder.mkdir(parents=True, exist_ok=True)
+    checkpoints.save_state(folder / "last.pt", {
         "model": model.state_dict(),
         "optimizer": optimizer.state_dict(),
         "scheduler": scheduler.state_dict() if scheduler is not None else None,
         "scaler": scaler.state_dict(),
         "epoch": epoch,
-        "history": history,
-        "config": {k: (str(v) if isinstance(v, Path) else v) for k, v in asdict(cfg).items()},
-        "model_class": type(model).__name__,
-    }
-    _save(cfg.checkpoint_dir / "last.pt", state)
-    if history.best_epoch == epoch + 1 and history.best_state is not None:
-        _save(cfg.checkpoint_dir / "best.pt", _best_payload(model, history, epoch, meta))
-    with open(cfg.checkpoint_dir / "metrics.jsonl", "a", encoding="utf-8") as fh:
+        "history": history.to_dict(),
+        "train_config": asdict(cfg),
+    })
+    if best_kind is not None and history.best_epoch == epoch + 1 and history.best_state is not None:
+        checkpoints.save_model(folder / "best.pt", model, best_kind, {**(best_meta or {}), "epoch": epoch}, state=history.best_state)
+    with open(folder / "metrics.jsonl", "a", encoding="utf-8") as fh:
         fh.write(json.dumps({k: (v if not isinstance(v, float) or math.isfinite(v) else None) for k, v in history.epochs[-1].items()}) + "\n")

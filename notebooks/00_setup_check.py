@@ -27,7 +27,7 @@
 profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
-seed = 0
+spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 structure_id = "1bxn"
 voxel_size_a = 10.0
 box = 32
@@ -41,7 +41,8 @@ import cryonb
 from cryonb import manifest, structures
 from cryonb.nb import environment, start
 
-run = start("00_setup_check", profile, seed, results_dir, work_dir)
+run = start("00_setup_check", profile, results_dir, work_dir, spec)
+seed = run.seed
 
 # %% [markdown]
 # ## The environment

@@ -21,9 +21,9 @@
 #
 # **What you will do:** compute the potential of the 15 bundled PDB structures, build a crowded scene,
 # take its tilt series, reconstruct it, check that the fast simulator (one 3-D Fourier filter) matches
-# the tilt-series reference on the same scene, and generate the data sets every later notebook uses:
-# the CSSL paper's 10 classes at SNR 0.1, 0.05 and 0.03, and the COS-Net set of 15 classes (10 seen,
-# 5 unseen) at SNR ∞, 1000 and 0.5, with segmentation masks.
+# the tilt-series reference on the same scene, and generate the data sets every later notebook uses, as the
+# profile's spec names them: the CSSL paper's 10 classes (the paper: SNR 0.1, 0.05 and 0.03) and the COS-Net
+# set of 15 classes (10 seen, 5 unseen; the paper: SNR ∞, 1000 and 0.5), with segmentation masks.
 #
 # **What you need:** nothing beyond `make reproduce`. Data sets are cached in `data/generated/` by a
 # hash of their recipe, so later notebooks reuse them. Run time (2 CPU cores): smoke ≈ 40 s,
@@ -36,11 +36,7 @@
 profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
-seed = 0
-cssl_snrs = [0.1, 0.05, 0.03]
-cssl_n_per_class = 100
-cosnet_snrs = ["inf", "1000", "0.5"]
-cosnet_n_per_class = 40
+spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 n_workers = 2
 gallery_per_snr = 6
 
@@ -56,8 +52,11 @@ import torch
 
 import cryonb.nb
 from cryonb import simulate, structures
+from cryonb.experiments import cosnet as cosnet_experiment
+from cryonb.experiments import cssl as cssl_experiment
 
-run = cryonb.nb.start("01_simulation", profile, seed, results_dir, work_dir)
+run = cryonb.nb.start("01_simulation", profile, results_dir, work_dir, spec)
+seed = run.seed
 config = simulate.SimulationConfig()
 config
 
@@ -208,9 +207,11 @@ assert abs(equivalence.snr_fast[0] / 0.5 - 1) < 0.05 and abs(equivalence.snr_til
 # Sample *i* of a recipe uses the seed sequence (seed, i): the same scenes appear at every SNR level
 # (paired data), and the result does not depend on the number of worker processes.
 
+# The data sets are the ones the spec (`params/<profile>.yaml`, sections `cssl.data` and `cosnet.data`) names,
+# so the later notebooks find them already made.
+
 # %%
-recipes = [simulate.cssl_recipe(snr=float(x), n_per_class=cssl_n_per_class, seed=seed) for x in cssl_snrs]
-recipes += [simulate.cosnet_recipe(snr=float(x), n_per_class=cosnet_n_per_class, seed=seed) for x in cosnet_snrs]
+recipes = [*cssl_experiment.recipes(run.spec).values(), *cosnet_experiment.recipes(run.spec).values()]
 rows, datasets = [], {}
 for recipe in recipes:
     t0 = time.perf_counter()
@@ -270,8 +271,9 @@ run.save_figure(fig, "gallery")
 # `python -m cryonb export-mrc DATASET_FOLDER INDEX -o sample.mrc` (voxel size in the header).
 #
 # ## Try it yourself
-# 1. Set `cssl_snrs = [1.0]`: predict how the gallery changes, then check. At which SNR can you still
-#    tell 1bxn from 3hhb by eye?
+# 1. Copy `params/quick.yaml` to `params/try.yaml`, set `cssl: data: snrs: [1.0, 0.1]` there and run
+#    `python -m cryonb run --profile try --only 01`: predict how the gallery changes, then check. At which SNR
+#    can you still tell 1bxn from 3hhb by eye?
 # 2. Build `simulate.SimulationConfig(tilt_min_deg=-30, tilt_max_deg=30)` and redraw section 4:
 #    how wide is the missing wedge now, and how elongated is the xz slice?
 # 3. Change `defocus_um` in section 3 to 2 µm: where do the CTF zeros move, and what does that mean

@@ -28,9 +28,7 @@
 profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
-seed = 0
-snrs = [0.1, 0.05, 0.03]
-n_per_class = 100
+spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 n_views = 6
 n_stats = 2000
 
@@ -44,10 +42,11 @@ import torch
 from cryonb.augment import AugmentConfig, augment, sample_transforms, two_views
 from cryonb.nb import start
 from cryonb.plots import slice_grid
-from cryonb.simulate import cssl_recipe, ensure_dataset
+from cryonb.experiments import cssl as cssl_experiment
 
-run = start("02_augmentation", profile, seed, results_dir, work_dir)
-cfg = AugmentConfig()
+run = start("02_augmentation", profile, results_dir, work_dir, spec)
+seed = run.seed
+cfg = run.spec.cssl.pretrain.augment  # the pipeline pre-training uses (spec: cssl.pretrain.augment)
 cfg
 
 # %% [markdown]
@@ -56,7 +55,8 @@ cfg
 # only (the missing wedge is aligned with the beam, so a z rotation keeps it where it physically is).
 
 # %%
-datasets = {snr: ensure_dataset(cssl_recipe(snr=snr, n_per_class=n_per_class, seed=seed)) for snr in snrs}
+datasets = cssl_experiment.datasets(run.spec)
+snrs = list(datasets)
 for snr, ds in datasets.items():
     i = int(ds.indices(split="train")[0])
     x = torch.from_numpy(np.array(ds.volumes[i : i + 1]))[:, None].repeat(n_views, 1, 1, 1, 1)
@@ -96,7 +96,7 @@ stats = pd.DataFrame({
     "quantity": ["fraction of views transformed", "fraction cropped", "crop volume fraction min", "crop volume fraction max"],
     "value": [float(moved.float().mean()), float((fraction < 1).float().mean()),
               float(fraction[fraction < 1].min()), float(fraction[fraction < 1].max())],
-    "expected": [0.75, 0.5, 0.5, 1.0],
+    "expected": [1 - (1 - cfg.p_crop) * (1 - cfg.p_affine), cfg.p_crop, *cfg.crop_scale],
 })
 run.save_table(stats, "02_augmentation_draws", formats=("csv", "md"))
 fig, ax = plt.subplots(figsize=(4, 2.5))
@@ -106,13 +106,14 @@ run.save_figure(fig, "crop_fractions")
 stats
 
 # %%
-assert abs(stats.value[0] - 0.75) < 0.05 and abs(stats.value[1] - 0.5) < 0.05
-assert stats.value[2] >= 0.5 and stats.value[3] <= 1.0
+assert abs(stats.value[0] - stats.expected[0]) < 0.05 and abs(stats.value[1] - stats.expected[1]) < 0.05
+assert stats.value[2] >= stats.expected[2] and stats.value[3] <= stats.expected[3]
 
 # %% [markdown]
 # ## Try it yourself
-# 1. Set `AugmentConfig(full_so3=True)`: predict what happens to the missing wedge's direction in the views.
-# 2. Raise `p_crop` to 1: how should the fraction of untouched views change? Check the table.
+# 1. Set `cfg = AugmentConfig(full_so3=True)` after the first cell: predict what happens to the missing wedge's
+#    direction in the views. (To pre-train with it, set `cssl: pretrain: augment: {full_so3: true}` in a profile.)
+# 2. Set `cfg = AugmentConfig(p_crop=1.0)`: how should the fraction of untouched views change? Check the table.
 #
 # ## Further reading
 # - Gupta et al. 2022, section 3.3 (the augmentation pipeline). Chen et al. 2020 (SimCLR) on why augmentation strength matters.

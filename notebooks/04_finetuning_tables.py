@@ -31,14 +31,13 @@
 # resumable by parts (rerun the notebook; finished runs are skipped).
 #
 # **What the quick profile can and cannot show.** The paper's 240 runs × 50 epochs are out of reach of 2 CPU
-# cores. The quick profile: one SNR (0.1), RB3D at width 8 (notebook 03's encoders), a stratified cap of 300
-# training / 100 validation subtomograms, label fractions 25 % and 100 %, 3 runs, 6 epochs, and Adam at 1e-3
-# instead of SGD at 5e-4 (SGD at the paper's rate does not move the weights in a few epochs; SGD at 0.05 left
-# every run at chance in our first quick run). It shows the whole pipeline, the table layout, the spread of
-# runs and the confusion matrices. Its accuracies are far below the paper's ≈ 69 %. In the committed quick
-# run the pre-trained initialisations come out ahead of random (table below, tests in notebook 05), but these
-# are 6-epoch models at 10–25 % accuracy, where pre-training may only speed up the first epochs; whether the
-# advantage survives 50 epochs of fine-tuning, the paper's claim, needs the paper profile.
+# cores. The quick profile (printed below from the spec, `cssl.finetune` and `cssl.sweep`) runs one SNR, a
+# narrow RB3D (notebook 03's encoders), stratified caps on the training and validation splits, two label
+# fractions, a few runs of a few epochs, and Adam instead of the paper's SGD at 5e-4 (SGD at the paper's rate
+# does not move the weights in a few epochs; SGD at 0.05 left every run at chance in our first quick run). It
+# shows the whole pipeline, the table layout, the spread of runs and the confusion matrices; its accuracies are
+# far below the paper's ≈ 69 %, and whether a pre-training advantage at a few epochs survives 50 epochs of
+# fine-tuning, the paper's claim, needs the paper profile (notebook 05 tests the differences; the REPORT judges).
 #
 # *Two design choices that matter at any scale* (both in `cryonb`, both measured on this data set): RB3D
 # pools its features to 4³ cells instead of one global average, because the class is the molecule at the
@@ -51,12 +50,7 @@
 profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
-seed = 0
-snrs = [0.1]  # the paper: [0.1, 0.05, 0.03]
-n_per_class = 100  # simulated subtomograms per class (must equal notebook 03's)
-pretrain = {"width": 8, "embedding_dim": 64, "epochs": 6, "lr": 1e-3}  # notebook 03's settings
-finetune = {"inits": ["random", "moco", "simclr", "swav"], "fractions": [0.25, 1.0], "runs": 3, "epochs": 6, "optimizer": "adam",
-            "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16, "max_train": 300, "max_val": 100}
+spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 num_threads = 0  # torch CPU threads; 0 keeps torch's default (1 can be much faster on a busy machine)
 
 # %%
@@ -69,11 +63,19 @@ import seaborn as sns
 import torch
 
 import cryonb.nb
-from cryonb.finetune import accuracy_table, confusion_matrix, load_predictions, sweep_from_params
+from cryonb.experiments import cssl as cssl_experiment
+from cryonb.finetune import accuracy_table
+from cryonb.metrics import confusion_matrix
 
-run = cryonb.nb.start("04_finetuning_tables", profile, seed, results_dir, work_dir)
+run = cryonb.nb.start("04_finetuning_tables", profile, results_dir, work_dir, spec)
+seed = run.seed
 if num_threads:
     torch.set_num_threads(num_threads)
+cssl = run.spec.cssl
+cells, train_cfg = cssl.sweep, cssl.finetune.train
+print(f"sweep: inits {list(cells.inits)} × fractions {list(cells.fractions)} × {cells.runs} runs × SNR {list(cssl.data.snrs)}; "
+      f"{train_cfg.epochs} epochs, {train_cfg.optimizer} lr {train_cfg.lr:g}, {train_cfg.scheduler or 'constant'} schedule, "
+      f"batch {cssl.finetune.batch_size}; caps: train {cssl.finetune.max_train}, val {cssl.finetune.max_val}")
 
 # %% [markdown]
 # ## The sweep (cached, resumable)
@@ -84,16 +86,17 @@ if num_threads:
 
 # %%
 t0 = time.perf_counter()
-runs, cfg, datasets = sweep_from_params(snrs, n_per_class, pretrain, finetune, seed, run.work_dir)
+runs, datasets = cssl_experiment.run_sweep(run.spec, run.work_dir, run.device)
+snrs = list(datasets)
 sweep_s = time.perf_counter() - t0
 run.save_table(runs, "04_finetune_runs", formats=("csv",))
 print(f"{len(runs)} runs, {runs['wall_s'].sum():.0f} s of training in total ({sweep_s:.0f} s in this session)")
 runs.head(8)
 
 # %%
-expected = len(snrs) * len(cfg.inits) * len(cfg.fractions) * cfg.runs
+expected = len(snrs) * len(cells.inits) * len(cells.fractions) * cells.runs
 assert len(runs) == expected, f"{len(runs)} runs in the table, expected {expected}"
-assert runs["test_acc"].between(0, 1).all() and runs["best_epoch"].between(1, cfg.epochs).all()
+assert runs["test_acc"].between(0, 1).all() and runs["best_epoch"].between(1, train_cfg.epochs).all()
 n_classes = len(next(iter(datasets.values())).classes)
 print(f"chance level: {1 / n_classes:.2f}; mean test accuracy {runs['test_acc'].mean():.3f}")
 
@@ -103,7 +106,7 @@ print(f"chance level: {1 / n_classes:.2f}; mean test accuracy {runs['test_acc'].
 
 # %%
 for snr in snrs:
-    table = accuracy_table(runs, snr, inits=cfg.inits)
+    table = accuracy_table(runs, snr, inits=cells.inits)
     run.save_table(table, f"04_accuracy_snr{snr:g}", formats=("csv", "md", "tex"))
     print(f"SNR {snr:g}")
     print(table.to_markdown(index=False))
@@ -116,8 +119,8 @@ for snr in snrs:
 fig, axes = plt.subplots(1, len(snrs), figsize=(5 * len(snrs), 3.6), squeeze=False)
 for ax, snr in zip(axes[0], snrs):
     sub = runs[np.isclose(runs["snr"], snr)].assign(percent=lambda d: 100 * d["fraction"], accuracy=lambda d: 100 * d["test_acc"])
-    sns.lineplot(data=sub, x="percent", y="accuracy", hue="init", hue_order=list(cfg.inits), errorbar="sd", marker="o", err_style="bars", ax=ax)
-    sns.stripplot(data=sub, x="percent", y="accuracy", hue="init", hue_order=list(cfg.inits), native_scale=True, dodge=False, size=3, alpha=0.4, legend=False, ax=ax)
+    sns.lineplot(data=sub, x="percent", y="accuracy", hue="init", hue_order=list(cells.inits), errorbar="sd", marker="o", err_style="bars", ax=ax)
+    sns.stripplot(data=sub, x="percent", y="accuracy", hue="init", hue_order=list(cells.inits), native_scale=True, dodge=False, size=3, alpha=0.4, legend=False, ax=ax)
     ax.axhline(100 / n_classes, ls=":", c="gray", label="chance")
     ax.set(xlabel="labelled training data (%)", ylabel="test accuracy (%)", title=f"SNR {snr:g}")
 run.save_figure(fig, "accuracy_vs_fraction")
@@ -132,7 +135,7 @@ best, worst = runs.loc[runs["test_acc"].idxmax()], runs.loc[runs["test_acc"].idx
 ds = datasets[float(best["snr"])]
 fig, axes = plt.subplots(1, 2, figsize=(11, 4.6))
 for ax, (what, r) in zip(axes, (("best", best), ("worst", worst))):
-    p = load_predictions(run.work_dir, cfg, float(r["snr"]), r["init"], float(r["fraction"]), int(r["run"]))
+    p = cssl_experiment.load_predictions(run.spec, run.work_dir, float(r["snr"]), r["init"], float(r["fraction"]), int(r["run"]))
     m = confusion_matrix(p["label"], p["pred"], n_classes)
     sns.heatmap(m, vmin=0, vmax=1, cmap="viridis", xticklabels=ds.classes, yticklabels=ds.classes, ax=ax, cbar=what == "worst")
     ax.set(xlabel="predicted", ylabel="true", title=f"{what}: {r['init']}, {100 * r['fraction']:g} %, run {int(r['run'])} · acc {r['test_acc']:.2f}")
@@ -150,11 +153,13 @@ timing
 
 # %% [markdown]
 # ## Try it yourself
-# 1. Set `finetune["optimizer"] = "sgd"` and `finetune["lr"] = 5e-4` (the paper's settings) with the quick
-#    profile's 6 epochs. Predict: do the accuracies stay near chance (0.10)? Why does the paper get away with
+# In a profile of your own (`cp params/quick.yaml params/try.yaml`; `python -m cryonb run --profile try --only 04`):
+# 1. Set `cssl: finetune: train: {optimizer: sgd, lr: 5.0e-4, ...}` (the paper's settings) with the quick
+#    profile's epochs. Predict: do the accuracies stay near chance (0.10)? Why does the paper get away with
 #    it (hint: 50 epochs, 300 samples/class)?
-# 2. Add `0.5` and `0.75` to `finetune["fractions"]`. Only the new runs train: check the wall time table.
-# 3. Lower `snrs` to `[0.03]` (also in notebook 03). Predict which initialisation loses the most accuracy.
+# 2. Add `0.5` and `0.75` to `cssl: sweep: fractions`. Only the new runs train (the sweep's folder does not
+#    depend on the list of cells): check the wall time table.
+# 3. Set `cssl: data: snrs: [0.03]`. Predict which initialisation loses the most accuracy.
 #
 # ## Further reading
 # - Gupta et al. 2022, *Frontiers in Physiology*: the CSSL paper (Tables 1–2, fine-tuning settings).

@@ -22,8 +22,8 @@
 # **What you will learn:** what the paper's "p = 0.046 with 5 runs" does and does not show; why the paired
 # design fits this experiment; how fragile a single p-value just under 0.05 is.
 #
-# **What you need:** the run table of notebook 04 (`results_dir/tables/04_finetune_runs.csv`); if it is
-# missing, the same `cryonb` function that notebook 04 calls produces it (with the same parameters).
+# **What you need:** the fine-tuning runs of notebook 04 (reused from `runs/<profile>/finetune/`; if they are
+# missing, the same `cryonb` function that notebook 04 calls runs them, from the same spec).
 #
 # **Run time (2 CPU cores):** smoke ≤ 40 s, quick ≤ 1 min once notebook 04 has run, paper < 1 min.
 # With the quick profile's 3 runs the tests have very little power: expect wide intervals and large
@@ -33,33 +33,22 @@
 profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
-seed = 0
+spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 alpha = 0.05
 metric = "test_acc"
-# used only when notebook 04's table is missing (must equal notebook 04's parameters)
-snrs = [0.1]
-n_per_class = 100
-pretrain = {"width": 8, "embedding_dim": 64, "epochs": 6, "lr": 1e-3}
-finetune = {"inits": ["random", "moco", "simclr", "swav"], "fractions": [0.25, 1.0], "runs": 3, "epochs": 6, "optimizer": "adam",
-            "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16, "max_train": 300, "max_val": 100}
 
 # %%
 import numpy as np
 import pandas as pd
 
 import cryonb.nb
+from cryonb.experiments import cssl as cssl_experiment
 from cryonb.stats import compare_inits, paired_t, runs_needed, student_t, welch_t
 
-run = cryonb.nb.start("05_significance", profile, seed, results_dir, work_dir)
-source = run.tables_dir / "04_finetune_runs.csv"
-if source.is_file():
-    runs = pd.read_csv(source)
-    print(f"read {len(runs)} runs from {source}")
-else:
-    from cryonb.finetune import sweep_from_params
-
-    runs, _, _ = sweep_from_params(snrs, n_per_class, pretrain, finetune, seed, run.work_dir)
-    print(f"{source} missing: ran (or reused) the sweep of notebook 04, {len(runs)} runs")
+run = cryonb.nb.start("05_significance", profile, results_dir, work_dir, spec)
+seed = run.seed
+runs, _ = cssl_experiment.run_sweep(run.spec, run.work_dir, run.device)  # notebook 04's sweep: reused, or run here
+print(f"{len(runs)} fine-tuning runs of the spec's sweep ({cssl_experiment.sweep_folder(run.spec, run.work_dir).name})")
 assert {"snr", "init", "fraction", "run", metric} <= set(runs.columns)
 
 # %% [markdown]

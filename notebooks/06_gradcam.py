@@ -33,12 +33,7 @@
 profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
-seed = 0
-snrs = [0.1]  # notebook 04's parameters: the models are looked up by them
-n_per_class = 100
-pretrain = {"width": 8, "embedding_dim": 64, "epochs": 6, "lr": 1e-3}
-finetune = {"inits": ["random", "moco", "simclr", "swav"], "fractions": [0.25, 1.0], "runs": 3, "epochs": 6, "optimizer": "adam",
-            "lr": 1e-3, "weight_decay": 1e-4, "batch_size": 16, "max_train": 300, "max_val": 100}
+spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 compare = ["moco", "random"]  # the paper's Figure 8
 fraction = 1.0  # label fraction of the compared models
 run_index = 0  # which run's models
@@ -54,17 +49,16 @@ import torch
 import cryonb.nb
 from cryonb.data import stratified_subset, to_tensor
 from cryonb.explain import cam_metrics, grad_cam_3d, overlay_figure, randomised_copy, rank_correlation
-from cryonb.finetune import load_finetuned, sweep_from_params
+from cryonb.experiments import cssl as cssl_experiment
 from cryonb.stats import paired_dz, paired_t
 
-run = cryonb.nb.start("06_gradcam", profile, seed, results_dir, work_dir)
+run = cryonb.nb.start("06_gradcam", profile, results_dir, work_dir, spec)
+seed = run.seed
 if num_threads:
     torch.set_num_threads(num_threads)
-runs, cfg, datasets = sweep_from_params(snrs, n_per_class, pretrain, finetune, seed, run.work_dir)
-snr = float(snrs[0])
-ds = datasets[snr]
-n_classes = len(ds.classes)
-models = {init: load_finetuned(run.work_dir, cfg, n_classes, snr, init, fraction, run_index) for init in compare}
+runs, datasets = cssl_experiment.run_sweep(run.spec, run.work_dir, run.device)  # notebook 04's models: reused, or trained here
+snr, ds = next(iter(datasets.items()))
+models = {init: cssl_experiment.load_finetuned(run.spec, run.work_dir, snr, init, fraction, run_index) for init in compare}
 test = ds.indices("test")
 labels = ds.meta["class_id"].to_numpy()
 pick = test[stratified_subset(labels[test], min(1.0, n_volumes / len(test)), seed)]

@@ -49,21 +49,12 @@
 profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
-seed = 0
-classes = ["1w6t", "2gho", "3d2f", "3h84"]  # molecules in the tomogram (COS-Net's unseen classes)
+spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 tomo_shape = [64, 192, 192]  # z, y, x voxels
 tomo_voxel_size_a = 6.8  # not the models' 10 Å: extract rescales in Fourier space
 n_particles = 36  # picks whose box lies inside the tomogram
 n_border = 3  # extra picks near the x/y edges, to show the border flag
-snr = 0.5  # Var(signal) / Var(noise) in a model box around each particle
-box = 32  # model box, voxels
-voxel_size_a = 10.0  # model voxel size, Å
-classifier_n_per_class = 80  # simulated training subtomograms per class for the RB3D classifier
-finetune = {"width": 8, "embedding_dim": 64, "epochs": 8, "optimizer": "adam", "lr": 1e-3, "batch_size": 16}
-cosnet_variant = "DuSE-SCNN+decoder"
-cosnet_snr = "0.5"  # notebook 07's model at this SNR is reused when present
-cosnet_n_per_class = 40  # notebook 07's n_per_class
-cosnet_train = {"n_way": 5, "steps": 200, "base_channels": 4, "feature_dim": 128, "lr": 1e-3, "betas": [0.9, 0.999], "w_mask_bce": 10.0}  # notebook 07's
+cosnet_snr = 0.5  # which of notebook 07's main-variant models to use (an SNR of the spec's cosnet.evaluation.main_snrs)
 n_show = 4  # boxes in the mask figure
 
 # %%
@@ -78,26 +69,26 @@ import numpy as np
 import pandas as pd
 
 import cryonb.nb
+from cryonb.embedding import embed
 from cryonb.errors import CryoNBError
+from cryonb.experiments import cosnet as cosnet_experiment
+from cryonb.experiments import cssl as cssl_experiment
 from cryonb.extract import crop_size, extract_boxes, extract_subtomograms
-from cryonb.finetune import FinetuneConfig, confusion_matrix, finetune_run, run_dir
 from cryonb.io import write_mrc
-from cryonb.oneshot import TrainEpisodesConfig, embed, ensure_cosnet, load_cosnet
+from cryonb.metrics import confusion_matrix, dice
+from cryonb.oneshot import load_cosnet
 from cryonb.paths import repo_root
 from cryonb.predict import classify_predict, load_subtomograms, oneshot_predict, read_support, write_oneshot, write_predictions
-from cryonb.simulate import (
-    COSNET_UNSEEN_CLASSES,
-    DatasetRecipe,
-    SimulationConfig,
-    cosnet_recipe,
-    ensure_dataset,
-    molecule_map,
-    simulate_tomogram,
-    write_coordinates_star,
-)
+from cryonb.simulate import COSNET_UNSEEN_CLASSES, SimulationConfig, ensure_dataset, molecule_map, simulate_tomogram, write_coordinates_star
 
-run = cryonb.nb.start("09_your_data", profile, seed, results_dir, work_dir)
+run = cryonb.nb.start("09_your_data", profile, results_dir, work_dir, spec)
+seed = run.seed
 rng = np.random.default_rng(seed)
+classifier = run.spec.cssl.classifier
+classes, snr = list(classifier.classes), classifier.snr  # the tomogram holds the classifier's classes, at its SNR
+model_simulation = SimulationConfig()  # the models' box and voxel size (every data set's simulation config)
+box, voxel_size_a = model_simulation.crop_size, model_simulation.voxel_size_a
+print(f"tomogram molecules {classes} at SNR {snr:g}; models take {box}³ boxes of {voxel_size_a:g} Å")
 folder = run.work_dir / "09_your_data"
 for old in ("subtomos", "subtomos_cli", "support", "errors"):  # outputs of an earlier run; the classifier is kept
     shutil.rmtree(folder / old, ignore_errors=True)
@@ -235,7 +226,7 @@ run.save_figure(fig, "extracted_boxes")
 # %% [markdown]
 # ## 3 · Classify with an RB3D checkpoint
 # A classifier knows only the classes it was trained on. Here it is an RB3D (notebook 04's model) trained
-# from random weights, with `cryonb.finetune.finetune_run`, on simulated subtomograms of exactly the
+# from random weights, with `cryonb.experiments.cssl.ensure_classifier`, on simulated subtomograms of exactly the
 # classes in the tomogram, at the same SNR and the models' box and voxel size (notebook 04's checkpoints
 # know the ten CSSL classes, none of which is among this notebook's default `classes`). The checkpoint `best.pt`
 # records its class names, box and voxel size, which `classify` checks against the subtomograms. From a shell:
@@ -245,16 +236,11 @@ run.save_figure(fig, "extracted_boxes")
 
 # %%
 t0 = time.perf_counter()
-recipe = DatasetRecipe(name=f"yourdata-snr{snr:g}-n{classifier_n_per_class}-s{seed}", classes=tuple(classes),
-                       n_per_class=classifier_n_per_class, snr=snr, seed=seed)
-train_ds = ensure_dataset(recipe, progress=False)
+train_ds = ensure_dataset(cssl_experiment.classifier_recipe(run.spec), progress=False)
 timings["classifier data"] = time.perf_counter() - t0
 t0 = time.perf_counter()
-cfg = FinetuneConfig.from_dict({**finetune, "inits": ["random"], "fractions": [1.0], "runs": 1, "seed": seed})
-clf_dir = folder / "classifier" / recipe.folder_name  # one folder per training set: run folders do not collide
-fit_row = finetune_run(train_ds, cfg, snr, "random", 1.0, 0, clf_dir)
-clf_ckpt = run_dir(clf_dir, cfg, snr, "random", 1.0, 0) / "best.pt"
-timings["classifier training"] = time.perf_counter() - t0
+clf_ckpt, fit_row = cssl_experiment.ensure_classifier(run.spec, run.work_dir, run.device, progress=False)
+timings["classifier (reused or trained)"] = time.perf_counter() - t0
 print(f"checkpoint: {shown(clf_ckpt)}")
 print(f"trained on {fit_row['n_train']} simulated subtomograms; best epoch {fit_row['best_epoch']}, "
       f"accuracy on the simulated test split {fit_row['test_acc']:.2f} (chance {1 / len(classes):.2f})")
@@ -316,10 +302,9 @@ summary.round(3)
 
 # %%
 t0 = time.perf_counter()
-crecipe = cosnet_recipe(snr=float(cosnet_snr), n_per_class=cosnet_n_per_class, seed=seed)
-ccfg = TrainEpisodesConfig.from_dict({**cosnet_train, "seed": seed})
-cds = ensure_dataset(crecipe, progress=False)
-cos_ckpt = ensure_cosnet(cosnet_variant, crecipe, ccfg, run.work_dir, run.device, dataset=cds)
+evaluation = run.spec.cosnet.evaluation
+cds = cosnet_experiment.datasets(run.spec, progress=False)[float(cosnet_snr)]
+cos_ckpt = cosnet_experiment.ensure_model(run.spec, evaluation.main_variant, float(cosnet_snr), evaluation.train_n_ways[0], run.work_dir, run.device)
 timings["COS-Net (reused or trained)"] = time.perf_counter() - t0
 unseen = [c for c in classes if c in COSNET_UNSEEN_CLASSES]
 print(f"checkpoint: {shown(cos_ckpt)}; classes of the tomogram COS-Net never saw: {unseen}")
@@ -392,7 +377,7 @@ for c in classes:
     rows.append({"pdb_id": c, "molecule (fraction of a box)": molecule_map(c, tomo.voxel_size_a).mass_kda * 1e3 * 1.21 / (box * voxel_size_a) ** 3,
                  "mask > 0.5, tomogram": float(tomo_pred[there].mean()) if there.any() else np.nan,
                  "mask > 0.5, simulated": float(p_m.mean()),
-                 "Dice, simulated": float(2 * (p_m & t_m).sum() / max(p_m.sum() + t_m.sum(), 1))})
+                 "Dice, simulated": float(dice(p_m.reshape(1, -1), t_m.reshape(1, -1))[0])})
 coverage = pd.DataFrame(rows)
 run.save_table(coverage, "09_mask_coverage", formats=("csv", "md"))
 coverage.round(3)
@@ -460,8 +445,9 @@ timing_table
 #    `13.6` (binning 2 × 6.8 Å): what does Fourier *padding* from 24 to 32 voxels add, and what can it not add?
 # 2. Give COS-Net three examples per class (copy three interior boxes into each `support/<class>/`; the
 #    embeddings are averaged). Predict whether one-shot accuracy rises, and by how much compared with chance.
-# 3. Lower `snr` to `0.1` (the classifier is retrained for it, COS-Net is not). Which model loses more, and
-#    why is that a question about training data rather than about the architecture?
+# 3. In a profile of your own (`cp params/quick.yaml params/try.yaml`), lower `cssl: classifier: snr` to `0.1`
+#    and run `python -m cryonb run --profile try --only 09` (the classifier is retrained for it, COS-Net is not).
+#    Which model loses more, and why is that a question about training data rather than about the architecture?
 #
 # ## Further reading
 # - `python -m cryonb extract --help`, `classify --help`, `oneshot --help`: every option and output file.

@@ -15,7 +15,7 @@ from cryonb.runner import run_notebook
 from cryonb.train import TrainConfig, fit
 
 from test_runner import HEADER
-from test_train import _batches, _cfg, _loss, _model
+from test_train import _batches, _fit, _loss, _model
 
 
 @pytest.fixture(autouse=True)
@@ -43,13 +43,13 @@ def test_deadline_in_environment(monkeypatch: pytest.MonkeyPatch) -> None:
 
 def test_fit_stops_after_a_saved_epoch_and_continues_to_the_same_weights(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     straight = _model()
-    fit(straight, _loss, _batches, _cfg(tmp_path / "a", 3))
+    _fit(straight, tmp_path / "a", 3)
     monkeypatch.setenv(budget.DEADLINE_ENV, "0")
     with pytest.raises(PartDone, match=r"epoch 1/3 .*last\.pt"):
-        fit(_model(), _loss, _batches, _cfg(tmp_path / "b", 3))
+        _fit(_model(), tmp_path / "b", 3)
     monkeypatch.delenv(budget.DEADLINE_ENV)
     again = _model()
-    history = fit(again, _loss, _batches, _cfg(tmp_path / "b", 3))
+    history = _fit(again, tmp_path / "b", 3)
     assert [e["epoch"] for e in history.epochs] == [1, 2, 3]
     for p, q in zip(straight.state_dict().values(), again.state_dict().values()):
         assert torch.equal(p, q)
@@ -57,23 +57,26 @@ def test_fit_stops_after_a_saved_epoch_and_continues_to_the_same_weights(tmp_pat
 
 def test_fit_without_checkpoints_ignores_the_budget(monkeypatch: pytest.MonkeyPatch) -> None:
     monkeypatch.setenv(budget.DEADLINE_ENV, "0")  # nothing saved, so stopping would lose the work
-    cfg = TrainConfig(epochs=2, lr=0.05, optimizer="sgd", progress=False)
-    assert len(fit(_model(), _loss, _batches, cfg).epochs) == 2
+    cfg = TrainConfig(epochs=2, lr=0.05, optimizer="sgd")
+    assert len(fit(_model(), _loss, _batches, cfg, seed=0, progress=False).epochs) == 2
 
 
 def test_finetune_sweep_stops_between_runs_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    import dataclasses
+
     from test_finetune import CFG, TinyDataset
 
-    from cryonb.finetune import sweep
+    from cryonb.finetune import SweepConfig, sweep
 
-    cfg = type(CFG)(**{**CFG.__dict__, "inits": ("random",), "fractions": (1.0,), "runs": 2, "epochs": 1})
+    cfg = dataclasses.replace(CFG, train=dataclasses.replace(CFG.train, epochs=1))
+    cells = SweepConfig(inits=("random",), fractions=(1.0,), runs=2)
     monkeypatch.setenv(budget.DEADLINE_ENV, "0")
     with pytest.raises(PartDone, match="fine-tuning run 1/2"):
-        sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, tmp_path, progress=False)
+        sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, cells, tmp_path, seed=0, progress=False)
     monkeypatch.delenv(budget.DEADLINE_ENV)
-    table = sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, tmp_path, progress=False)
+    table = sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, cells, tmp_path, seed=0, progress=False)
     assert sorted(table["run"]) == [0, 1]
-    fresh = sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, tmp_path / "fresh", progress=False)
+    fresh = sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, cells, tmp_path / "fresh", seed=0, progress=False)
     assert np.allclose(table["test_acc"], fresh["test_acc"])
 
 
@@ -86,7 +89,7 @@ def test_runner_reports_a_part_and_keeps_the_partial_notebook(tmp_path: Path) ->
         + "\n# %%\nfrom cryonb.budget import PartDone\nraise PartDone('time budget used up after epoch 2/50')\n"
     )
     with pytest.raises(PartDone, match=r"43_long\.py: time budget used up after epoch 2/50"):
-        run_notebook(nb, "smoke", {}, tmp_path / "out", tmp_path / "work")
+        run_notebook(nb, {"profile": "smoke"}, tmp_path / "out")
     assert (tmp_path / "out" / "43_long.partial.ipynb").is_file()
     assert not (tmp_path / "out" / "43_long.failed.ipynb").exists()
 
@@ -121,16 +124,17 @@ def test_simulator_stops_after_a_chunk_and_resumes_to_the_same_data(tmp_path: Pa
 def test_cosnet_training_stops_at_a_partial_checkpoint_and_resumes(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
     from test_oneshot import CFG, _toy
 
-    from cryonb.oneshot import ensure_cosnet, load_cosnet
+    from cryonb.oneshot import train_cosnet
 
     ds = _toy()
-    straight, _ = load_cosnet(ensure_cosnet("SCNN", "toy", CFG, tmp_path / "a", dataset=ds))
+    args = (CFG.for_job("SCNN", 2), ds.volumes, ds.masks, ds.meta["class_id"].to_numpy(), ds.indices(class_split="seen"))
+    straight, _ = train_cosnet(*args, seed=3, checkpoint_dir=tmp_path / "a", progress=False)
     monkeypatch.setenv(budget.DEADLINE_ENV, "0")
-    with pytest.raises(PartDone, match=r"epoch 1/2 \(.*SCNN-.*\.run/last\.pt\)"):
-        ensure_cosnet("SCNN", "toy", CFG, tmp_path / "b", dataset=ds)
-    assert len(list((tmp_path / "b" / "cosnet").glob("*.run/last.pt"))) == 1
+    with pytest.raises(PartDone, match=r"epoch 1/2 \(.*b/last\.pt\)"):
+        train_cosnet(*args, seed=3, checkpoint_dir=tmp_path / "b", progress=False)
+    assert (tmp_path / "b" / "last.pt").is_file()
     monkeypatch.delenv(budget.DEADLINE_ENV)
-    resumed, _ = load_cosnet(ensure_cosnet("SCNN", "toy", CFG, tmp_path / "b", dataset=ds))
+    resumed, _ = train_cosnet(*args, seed=3, checkpoint_dir=tmp_path / "b", progress=False)
     for k, v in straight.state_dict().items():
         assert torch.allclose(v.float(), resumed.state_dict()[k].float(), atol=1e-6), k
 

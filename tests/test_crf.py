@@ -6,7 +6,8 @@ import pytest
 import torch
 
 from cryonb import CryoNBError
-from cryonb.crf import CRFParams, _BilateralGrid, dense_crf, dense_crf_bruteforce, dice, probs_to_unary, select_crf_params, sweep_crf_params
+from cryonb.crf import CRFParams, _BilateralGrid, dense_crf, dense_crf_bruteforce, probs_to_unary, select_crf_params, sweep_crf_params
+from cryonb.metrics import dice
 
 
 def _noisy_sphere(n: int, noise_std: float, seed: int, batch: int = 1) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,11 @@ import pandas as pd
 import pytest
 import torch
 
-from cryonb import CryoNBError
-from cryonb.finetune import FinetuneConfig, accuracy_table, confusion_matrix, finetune_run, load_finetuned, load_predictions, sweep
-from cryonb.models.rb3d import RB3D
+from cryonb import CryoNBError, checkpoints
+from cryonb.finetune import FinetuneConfig, SweepConfig, accuracy_table, finetune_run, load_finetuned, load_predictions, run_dir, sweep
+from cryonb.metrics import confusion_matrix
+from cryonb.models.rb3d import RB3D, RB3DConfig
+from cryonb.train import TrainConfig
 
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
@@ -34,70 +36,77 @@ class TinyDataset:
         return np.flatnonzero(self.meta["split"] == split) if split else np.arange(len(self.meta))
 
 
-CFG = FinetuneConfig(inits=("random", "moco"), fractions=(0.5, 1.0), runs=2, epochs=2, lr=0.01, batch_size=4, width=4, embedding_dim=8, device="cpu")
+MODEL = RB3DConfig(n_classes=2, width=4, embedding_dim=8)
+CFG = FinetuneConfig(model=MODEL, train=TrainConfig(epochs=2, lr=0.01, optimizer="sgd", scheduler="cosine"), batch_size=4)
+CELLS = SweepConfig(inits=("random", "moco"), fractions=(0.5, 1.0), runs=2)
 
 
 @pytest.fixture()
 def encoder(tmp_path: Path) -> Path:
     with torch.random.fork_rng():
         torch.manual_seed(123)
-        model = RB3D(CFG.rb3d(2))
-    path = tmp_path / "moco_encoder.pt"
-    torch.save({"model": model.encoder_state()}, path)
-    return path
+        model = RB3D(MODEL)
+    return checkpoints.save_model(tmp_path / "moco_encoder.pt", model, "rb3d-encoder")
+
+
+def _run(ds: TinyDataset, folder: Path, fraction: float, encoder: Path | None, run: int = 0) -> dict:
+    return finetune_run(ds, CFG, fraction=fraction, seed=run, base_seed=0, folder=folder, encoder=encoder)
 
 
 def test_config_validation() -> None:
     with pytest.raises(CryoNBError, match="inits"):
-        FinetuneConfig(inits=("byol",))
+        SweepConfig(inits=("byol",))
     with pytest.raises(CryoNBError, match=r"fractions \[0.0\]"):
-        FinetuneConfig(fractions=(0.0,))
-    with pytest.raises(CryoNBError, match=r"unknown fine-tuning parameter\(s\) \['epoch'\]"):
-        FinetuneConfig.from_dict({"epoch": 3})
-    assert FinetuneConfig().lr == 5e-4 and FinetuneConfig().epochs == 50 and FinetuneConfig().runs == 5
-    # the list of cells does not change a run's result, so it does not change where runs are cached
-    assert CFG.training_hash() == FinetuneConfig(**{**CFG.__dict__, "runs": 5, "fractions": (0.25,)}).training_hash()
-    assert CFG.training_hash() != FinetuneConfig(**{**CFG.__dict__, "lr": 0.02}).training_hash()
+        SweepConfig(fractions=(0.0,))
+    with pytest.raises(CryoNBError, match=r"unknown finetune parameter\(s\) \['epoch'\]"):
+        FinetuneConfig.from_dict({"epoch": 3}, MODEL)
+    with pytest.raises(CryoNBError, match=r"cssl\.model"):
+        FinetuneConfig.from_dict({"model": {"width": 8}}, MODEL)
+    paper = FinetuneConfig()
+    assert (paper.train.lr, paper.train.epochs, paper.train.optimizer, paper.train.scheduler) == (5e-4, 50, "sgd", "cosine")
+    # a block sets what it names and keeps the paper's schedule for the rest
+    assert FinetuneConfig.from_dict({"train": {"epochs": 3}}, MODEL).train == TrainConfig(epochs=3, lr=5e-4, optimizer="sgd", scheduler="cosine")
+    assert SweepConfig().runs == 5 and SweepConfig(inits=("random", "swav")).methods == ("swav",)
 
 
 def test_one_run_row_and_pretrained_weights(tmp_path: Path, encoder: Path) -> None:
     ds = TinyDataset()
-    row = finetune_run(ds, CFG, 0.1, "moco", 0.5, 0, tmp_path, encoder)
+    row = _run(ds, tmp_path / "r", 0.5, encoder)
     assert row["n_train"] == 6  # ceil(0.5 · 6) per class × 2 classes
-    assert 1 <= row["best_epoch"] <= CFG.epochs
-    pred = load_predictions(tmp_path, CFG, 0.1, "moco", 0.5, 0)
-    assert len(pred) == 4 and row["test_acc"] == pytest.approx(np.mean(pred["label"] == pred["pred"]))
-    with pytest.raises(CryoNBError, match="expected an encoder"):
-        finetune_run(ds, CFG, 0.1, "moco", 0.5, 0, tmp_path, None)
+    assert 1 <= row["best_epoch"] <= CFG.train.epochs
+    index, label, predicted = np.load(tmp_path / "r" / "test_pred.npy")
+    assert len(index) == 4 and row["test_acc"] == pytest.approx(np.mean(label == predicted))
 
 
 def test_pretrained_and_random_runs_share_the_head_but_not_the_encoder(tmp_path: Path, encoder: Path) -> None:
     from cryonb.finetune import _build
 
-    a, b = _build(CFG, 2, 7, None), _build(CFG, 2, 7, encoder)
+    a, b = _build(MODEL, 7, None), _build(MODEL, 7, encoder)
     torch.testing.assert_close(a.classifier.weight, b.classifier.weight)  # same seed → same head (pairing)
     assert not torch.allclose(a.stem[0].weight, b.stem[0].weight)
-    torch.testing.assert_close(b.stem[0].weight, torch.load(encoder)["model"]["stem.0.weight"])
-    torch.testing.assert_close(_build(CFG, 2, 7, None).stem[0].weight, a.stem[0].weight)  # no global RNG dependence
+    torch.testing.assert_close(b.stem[0].weight, checkpoints.load(encoder, "rb3d-encoder")["model"]["stem.0.weight"])
+    torch.testing.assert_close(_build(MODEL, 7, None).stem[0].weight, a.stem[0].weight)  # no global RNG dependence
 
 
 def test_sweep_is_resumable_and_gives_the_same_table(tmp_path: Path, encoder: Path) -> None:
     ds = {0.1: TinyDataset()}
     enc = lambda snr, init: encoder  # noqa: E731
     calls: list[str] = []
-    full = sweep(ds, enc, CFG, tmp_path / "a", progress=False)
+    full = sweep(ds, enc, CFG, CELLS, tmp_path / "a", seed=0, progress=False)
     assert len(full) == 2 * 2 * 2 and list(full["init"].unique()) == ["random", "moco"]
-    part = sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, tmp_path / "b", max_runs=3, progress=False)
+    part = sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, max_runs=3, progress=False)
     assert len(part) == 3
-    again = sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, tmp_path / "b", progress=False)
+    again = sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, progress=False)
     cols = ["snr", "init", "fraction", "run", "seed", "n_train", "best_epoch", "val_acc", "test_acc"]
     pd.testing.assert_frame_equal(full[cols], again[cols], check_dtype=False)
     # a finished sweep runs nothing more and asks for no encoder
     n = len(calls)
-    sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, tmp_path / "b", progress=False)
+    sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, progress=False)
     assert len(calls) == n
-    model = load_finetuned(tmp_path / "b", CFG, 2, 0.1, "moco", 1.0, 1)
+    model = load_finetuned(tmp_path / "b", 0.1, "moco", 1.0, 1)
     assert isinstance(model, RB3D) and not model.training
+    pred = load_predictions(tmp_path / "b", 0.1, "moco", 1.0, 1)
+    assert len(pred) == 4 and again.query("init == 'moco' and fraction == 1.0 and run == 1").test_acc.item() == pytest.approx(np.mean(pred.label == pred.pred))
 
 
 def test_confusion_matrix_and_accuracy_table() -> None:
@@ -127,15 +136,14 @@ def test_training_cap_is_stratified_and_the_same_for_every_run() -> None:
 
 
 def test_best_checkpoint_carries_what_classify_needs(tmp_path: Path) -> None:
-    from cryonb.finetune import run_dir
     from cryonb.predict import Subtomograms, classify_predict
 
     ds = TinyDataset()
-    finetune_run(ds, CFG, 0.1, "random", 1.0, 0, tmp_path)
-    best = run_dir(tmp_path, CFG, 0.1, "random", 1.0, 0) / "best.pt"
-    payload = torch.load(best, weights_only=True)
-    assert payload["class_names"] == ["a", "b"] and payload["box"] == S and payload["seed"] == CFG.seed
-    assert payload["model_config"]["pool_size"] == CFG.pool_size and payload["model_type"] == "rb3d"
+    _run(ds, tmp_path, 1.0, None)
+    best = tmp_path / "best.pt"
+    payload = checkpoints.load(best, "rb3d")
+    assert payload["class_names"] == ["a", "b"] and payload["box"] == S and payload["seeds"] == {"run": 0, "sweep": 0}
+    assert payload["model_config"]["pool_size"] == MODEL.pool_size and payload["kind"] == "rb3d" and payload["format_version"] == checkpoints.FORMAT_VERSION
     test = ds.indices("test")
     subtomos = Subtomograms(tmp_path, ds.volumes[test], pd.DataFrame(index=range(len(test))), None)
     table = classify_predict(best, subtomos)
@@ -145,9 +153,6 @@ def test_best_checkpoint_carries_what_classify_needs(tmp_path: Path) -> None:
         classify_predict(best, wrong_box)
 
 
-def test_runs_on_different_data_never_share_a_folder(tmp_path: Path) -> None:
-    from cryonb.finetune import data_key, run_dir
-
-    a, b = (FinetuneConfig(**{**CFG.__dict__, "data_key": data_key([name])}) for name in ("cssl-snr0.1-n100-s0-aaa", "cssl-snr0.1-n80-s0-bbb"))
-    assert run_dir(tmp_path, a, 0.1, "random", 1.0, 0) != run_dir(tmp_path, b, 0.1, "random", 1.0, 0)
-    assert data_key(["x", "y"]) == data_key(["y", "x"]) and len(data_key(["x"])) == 12
+def test_run_folders_name_every_cell(tmp_path: Path) -> None:
+    assert run_dir(tmp_path, float("inf"), "moco", 0.25, 3) == tmp_path / "snrinf-moco-f0.25-r3"
+    assert run_dir(tmp_path, 0.05, "random", 1.0, 0).name == "snr0.05-random-f1-r0"

@@ -6,7 +6,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from cryonb.runner import list_notebooks, load_params, run_notebook
+from cryonb.runner import list_notebooks, notebook_parameters, run_notebook
+from cryonb.spec import load_profile
 
 pytestmark = pytest.mark.notebooks
 
@@ -20,8 +21,7 @@ def smoke_dirs(tmp_path_factory: pytest.TempPathFactory) -> tuple[Path, Path]:
 @pytest.mark.parametrize("path", list_notebooks(), ids=lambda p: p.stem)
 def test_notebook_runs_in_smoke_profile(path: Path, smoke_dirs: tuple[Path, Path]) -> None:
     results, work = smoke_dirs
-    params = load_params("smoke").get(path.stem, {})
-    result = run_notebook(path, "smoke", params, results, work)
+    result = run_notebook(path, notebook_parameters(load_profile("smoke"), path.stem, results, work), results)
     nb = nbformat.read(result.output, as_version=4)
     code_cells = [c for c in nb.cells if c.cell_type == "code"]
     assert all(c.get("execution_count") for c in code_cells), "a code cell did not run"

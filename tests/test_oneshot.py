@@ -8,8 +8,12 @@ import pytest
 import torch
 
 from cryonb import CryoNBError
+from cryonb.embedding import embed
 from cryonb.episodes import sample_episodes
-from cryonb.oneshot import TrainEpisodesConfig, accuracy_ci, embed, ensure_cosnet, episode_logits, load_cosnet, prototype_predictions, train_cosnet
+from cryonb.metrics import accuracy_ci
+from cryonb.models.cosnet import COSNetConfig
+from cryonb.oneshot import COSNetTrainConfig, episode_logits, load_cosnet, prototype_scorer, save_cosnet, train_cosnet
+from cryonb.train import TrainConfig
 
 
 def _toy(n_classes: int = 4, per_class: int = 3, seed: int = 0) -> SimpleNamespace:
@@ -37,35 +41,34 @@ def _toy(n_classes: int = 4, per_class: int = 3, seed: int = 0) -> SimpleNamespa
     return SimpleNamespace(volumes=np.stack(vols), masks=np.stack(masks), meta=meta, indices=indices)
 
 
-CFG = TrainEpisodesConfig(steps=3, n_way=2, base_channels=2, feature_dim=16, steps_per_epoch=2, seed=3)
+CFG = COSNetTrainConfig(model=COSNetConfig(base_channels=2, feature_dim=16), train=TrainConfig(epochs=2, lr=1e-4, betas=(0.5, 0.999), weight_decay=0.0),
+                        steps_per_epoch=2, n_way=2)
 
 
 def test_training_runs_in_fit_with_one_log_row_and_checkpoint_per_epoch(tmp_path) -> None:
-    # resuming after a stop is tested in test_budget (ensure_cosnet under a time budget)
+    # resuming after a stop is tested in test_budget (train_cosnet under a time budget)
     ds = _toy()
     labels = ds.meta["class_id"].to_numpy()
     pool = ds.indices(class_split="seen")
-    net, log = train_cosnet("DuSE-SCNN+decoder", ds.volumes, ds.masks, labels, pool, CFG, checkpoint_dir=tmp_path, progress=False)
-    assert [r["step"] for r in log] == [2, 3]  # 3 steps in epochs of 2: the last epoch is short
+    net, log = train_cosnet(CFG.for_job("DuSE-SCNN+decoder", 2), ds.volumes, ds.masks, labels, pool, seed=3, checkpoint_dir=tmp_path, progress=False)
+    assert [r["step"] for r in log] == [2, 4] and CFG.steps == 4  # epochs × steps_per_epoch
     assert all(np.isfinite(r["dice_loss"]) and 0 <= r["dice_loss"] <= 1 and r["loss"] >= r["bce"] for r in log)
-    last = torch.load(tmp_path / "last.pt", weights_only=False)
-    assert last["epoch"] == 1 and last["config"]["betas"] == CFG.betas and last["config"]["weight_decay"] == 0.0
-    assert not net.training
+    from cryonb import checkpoints
+
+    last = checkpoints.load_state(tmp_path / "last.pt")
+    assert last["epoch"] == 1 and tuple(last["train_config"]["betas"]) == CFG.train.betas and last["train_config"]["weight_decay"] == 0.0
+    assert not net.training and net.config.attention == "duse" and net.config.decoder
 
 
-def test_ensure_cosnet_reuses_checkpoint_and_keys_by_config(tmp_path) -> None:
+def test_save_and_load_round_trip_and_embed(tmp_path) -> None:
     ds = _toy()
-    recipe = {"name": "toy", "seed": 0}
-    p1 = ensure_cosnet("SCNN", recipe, CFG, tmp_path, dataset=ds)
-    mtime = p1.stat().st_mtime_ns
-    assert ensure_cosnet("SCNN", recipe, CFG, tmp_path, dataset=ds) == p1 and p1.stat().st_mtime_ns == mtime
-    p2 = ensure_cosnet("SCNN", {"name": "toy", "seed": 1}, CFG, tmp_path, dataset=ds)
-    assert p2 != p1
-    net, meta = load_cosnet(p1)
-    assert meta["seed"] == 3 and meta["variant"] == "SCNN" and [r["step"] for r in meta["log"]] == [2, 3]
-    assert not list(tmp_path.glob("cosnet/*.run"))  # fit's resumable state goes once the model is written
+    net, log = train_cosnet(CFG.for_job("SCNN", 2), ds.volumes, ds.masks, ds.meta["class_id"].to_numpy(), ds.indices(class_split="seen"), seed=3, progress=False)
+    path = save_cosnet(tmp_path / "m.pt", net, log, {"variant": "SCNN", "seed": 3})
+    again, meta = load_cosnet(path)
+    assert meta["seed"] == 3 and meta["variant"] == "SCNN" and [r["step"] for r in meta["log"]] == [2, 4] and meta["kind"] == "cosnet"
+    assert all(torch.equal(v, again.state_dict()[k]) for k, v in net.state_dict().items())
     unseen = ds.indices(class_split="unseen")
-    emb, masks = embed(net, ds.volumes, unseen)
+    emb, masks = embed(again, ds.volumes, unseen)
     assert emb.shape == (len(unseen), 16) and masks is None
 
 
@@ -90,10 +93,10 @@ def test_prototype_baseline_separable_and_shuffled() -> None:
     emb = torch.from_numpy(np.eye(5)[labels] * 10 + rng.standard_normal((30, 5)) * 0.1)
     pool = np.arange(30)
     eps = sample_episodes(labels, pool, 4, 2, 200, seed=1)
-    pred, lab = prototype_predictions(emb, pool, eps)
+    pred, lab = prototype_scorer(emb, pool)(eps)
     assert (pred == lab).mean() == 1.0
     shuffled = emb[torch.from_numpy(rng.permutation(30))]
-    pred, lab = prototype_predictions(shuffled, pool, eps)
+    pred, lab = prototype_scorer(shuffled, pool)(eps)
     assert (pred == lab).mean() < 0.6  # chance is 0.25
 
 
@@ -110,7 +113,7 @@ def test_accuracy_ci_wilson() -> None:
 def test_mask_shape_mismatch_is_an_error() -> None:
     ds = _toy()
     with pytest.raises(CryoNBError, match="masks have shape"):
-        train_cosnet("SCNN", ds.volumes, ds.masks[:, :16], ds.meta["class_id"].to_numpy(), np.arange(9), CFG, progress=False)
+        train_cosnet(CFG, ds.volumes, ds.masks[:, :16], ds.meta["class_id"].to_numpy(), np.arange(9), seed=0, progress=False)
 
 
 def test_batchnorm_statistics_are_recomputed_over_the_training_pool() -> None:
@@ -119,7 +122,7 @@ def test_batchnorm_statistics_are_recomputed_over_the_training_pool() -> None:
     ds = _toy()
     labels = ds.meta["class_id"].to_numpy()
     pool = ds.indices(class_split="seen")
-    nets = {flag: train_cosnet("SCNN", ds.volumes, ds.masks, labels, pool, dataclasses.replace(CFG, recalibrate_bn=flag), progress=False)[0]
+    nets = {flag: train_cosnet(dataclasses.replace(CFG.for_job("SCNN", 2), recalibrate_bn=flag), ds.volumes, ds.masks, labels, pool, seed=3, progress=False)[0]
             for flag in (False, True)}
     # the first BatchNorm sees conv1 → ReLU of the input: its exact mean over the pool is known
     first_conv, first_bn = nets[True].enc1[0], nets[True].enc1[2]
@@ -131,7 +134,9 @@ def test_batchnorm_statistics_are_recomputed_over_the_training_pool() -> None:
     assert not nets[True].training
 
 
-@pytest.mark.parametrize(("field", "value"), [("steps", 0), ("steps_per_epoch", 0), ("n_way", 1), ("lr", 0.0)])
+@pytest.mark.parametrize(("field", "value"), [("steps_per_epoch", 0), ("n_way", 1)])
 def test_bad_training_settings_name_the_parameter(field: str, value: float) -> None:
     with pytest.raises(CryoNBError, match=rf"{field}={value}: expected"):
-        TrainEpisodesConfig(**{field: value})
+        COSNetTrainConfig(**{field: value})
+    with pytest.raises(CryoNBError, match="unknown COS-Net variant 'SCN'"):
+        CFG.for_job("SCN", 2)

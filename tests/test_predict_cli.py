@@ -15,7 +15,8 @@ from cryonb.cli import main as cli_main
 from cryonb.errors import CryoNBError
 from cryonb.io import save_npy_atomic, write_mrc
 from cryonb.models.cosnet import COSNet, COSNetConfig
-from cryonb.predict import load_checkpoint, load_subtomograms, oneshot_predict, read_support
+from cryonb.checkpoints import load as load_checkpoint
+from cryonb.predict import load_subtomograms, oneshot_predict, read_support
 
 BOX = 16
 
@@ -191,7 +192,7 @@ def test_classify_rejects_other_model_version_and_mismatched_data(tmp_path: Path
     subtomos = load_subtomograms(_subtomos(tmp_path / "sub"))
     with pytest.raises(CryoNBError, match=r"cos\.pt: checkpoint of model 'cosnet', expected 'rb3d'; use `python -m cryonb oneshot`"):
         classify_predict(_cosnet_checkpoint(tmp_path / "cos.pt"), subtomos)
-    with pytest.raises(CryoNBError, match=r"new\.pt: checkpoint format_version 7 is newer than this cryonb reads \(1\)"):
+    with pytest.raises(CryoNBError, match=r"new\.pt: checkpoint format_version 7 is newer than this cryonb reads \(2\)"):
         classify_predict(_rb3d_checkpoint(tmp_path / "new.pt", format_version=7), subtomos)
     wide = _rb3d_checkpoint(tmp_path / "wide.pt")
     payload = torch.load(wide, weights_only=True)
@@ -220,7 +221,7 @@ def test_classify_reads_a_train_fit_best_checkpoint(tmp_path: Path) -> None:
                                full[["p_ribosome", "p_proteasome", "p_tric"]].to_numpy(), atol=1e-6)
     state = tmp_path / "last.pt"
     torch.save({"model": src["model"], "history": object.__new__(FakeHistory)}, state)
-    with pytest.raises(CryoNBError, match=r"last\.pt: not a readable cryonb checkpoint.*never a training state"):
+    with pytest.raises(CryoNBError, match=r"last\.pt: not a readable cryonb checkpoint.*never pickled Python objects"):
         classify_predict(state, subtomos)
 
 

@@ -6,7 +6,8 @@ import pytest
 
 from cryonb import CryoNBError
 from cryonb.cli import main as cli_main
-from cryonb.runner import load_params, run_notebook, select_notebooks
+from cryonb.runner import run_notebook, select_notebooks
+from cryonb.spec import load_profile
 
 HEADER = """# ---
 # jupyter:
@@ -30,7 +31,7 @@ def test_select_by_number_and_stem() -> None:
 
 def test_unknown_profile() -> None:
     with pytest.raises(CryoNBError, match=r"unknown profile 'gpu'.*profiles are paper, quick, smoke"):
-        load_params("gpu")
+        load_profile("gpu")
 
 
 def test_cli_exit_code_for_unknown_profile(capsys: pytest.CaptureFixture[str]) -> None:
@@ -47,6 +48,6 @@ def test_failing_cell_is_named_and_parameters_injected(tmp_path: Path) -> None:
         + "\n# %%\nassert value == 7, f'value is {value}'\n"
     )
     with pytest.raises(CryoNBError, match=r"42_broken\.py failed in cell 3 \(index 2\) .*AssertionError: value is 3"):
-        run_notebook(nb, "smoke", {"value": 3}, tmp_path / "out", tmp_path / "work")
+        run_notebook(nb, {"value": 3, "profile": "smoke"}, tmp_path / "out")
     assert (tmp_path / "out" / "42_broken.failed.ipynb").is_file()
     assert not (tmp_path / "out" / "42_broken.ipynb").exists()

@@ -7,7 +7,8 @@ import torch
 from torch import nn
 
 from cryonb import CryoNBError
-from cryonb.train import TrainConfig, fit, load_checkpoint, recalibrate_batchnorm
+from cryonb import checkpoints
+from cryonb.train import TrainConfig, fit, recalibrate_batchnorm
 
 X = torch.randn(24, 5, generator=torch.Generator().manual_seed(1))
 Y = (X[:, 0] > 0).long()
@@ -28,13 +29,17 @@ def _loss(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch
     return {"loss": nn.functional.cross_entropy(m(b[0]), b[1])}
 
 
-def _cfg(tmp: Path, epochs: int) -> TrainConfig:
-    return TrainConfig(epochs=epochs, lr=0.05, optimizer="sgd", scheduler="cosine", checkpoint_dir=tmp, progress=False)
+def _cfg(epochs: int) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=0.05, optimizer="sgd", scheduler="cosine")
+
+
+def _fit(model: nn.Module, folder: Path | None, epochs: int, **kw: object):  # noqa: ANN202
+    return fit(model, kw.pop("loss", _loss), _batches, _cfg(epochs), seed=0, checkpoint_dir=folder, progress=False, **kw)
 
 
 def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path: Path) -> None:
     straight = _model()
-    fit(straight, _loss, _batches, _cfg(tmp_path / "a", 2))
+    _fit(straight, tmp_path / "a", 2)
     steps = iter(range(100))
 
     def kill_in_epoch_two(m: nn.Module, b: object, o: object) -> None:
@@ -42,9 +47,9 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path: Path) -> None:
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        fit(_model(), _loss, _batches, _cfg(tmp_path / "b", 2), on_step_end=kill_in_epoch_two)
+        _fit(_model(), tmp_path / "b", 2, on_step_end=kill_in_epoch_two)
     again = _model()  # a new process starts from fresh weights and finds last.pt
-    history = fit(again, _loss, _batches, _cfg(tmp_path / "b", 2))
+    history = _fit(again, tmp_path / "b", 2)
     assert [e["epoch"] for e in history.epochs] == [1, 2]
     for p, q in zip(straight.state_dict().values(), again.state_dict().values()):
         assert torch.equal(p, q)
@@ -53,38 +58,53 @@ def test_two_epochs_equal_one_plus_resume_plus_one(tmp_path: Path) -> None:
 
 def test_nan_loss_stops_and_keeps_last_good_checkpoint(tmp_path: Path) -> None:
     model = _model()
-    fit(model, _loss, _batches, _cfg(tmp_path, 1))
-    good = load_checkpoint(tmp_path / "last.pt")
+    _fit(model, tmp_path, 1)
+    good = checkpoints.load_state(tmp_path / "last.pt")
 
     def nan_loss(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
         return {"loss": _loss(m, b)["loss"] * float("nan")}
 
     with pytest.raises(CryoNBError, match=r"epoch 2 step 1: loss is nan .*last good checkpoint kept at .*last\.pt"):
-        fit(model, nan_loss, _batches, _cfg(tmp_path, 3))
-    assert load_checkpoint(tmp_path / "last.pt")["epoch"] == good["epoch"] == 0
+        _fit(model, tmp_path, 3, loss=nan_loss)
+    assert checkpoints.load_state(tmp_path / "last.pt")["epoch"] == good["epoch"] == 0
 
 
 def test_best_model_is_kept_by_validation_metric(tmp_path: Path) -> None:
+    from cryonb.models.rb3d import RB3D, RB3DConfig
+
     scores = iter([0.2, 0.9, 0.5])
-    history = fit(_model(), _loss, _batches, _cfg(tmp_path, 3), validate=lambda m: {"val_acc": next(scores)}, select_metric="val_acc")
+    model = RB3D(RB3DConfig(n_classes=2, width=4, embedding_dim=8))
+    x = torch.randn(4, 1, 8, 8, 8)
+
+    def batches(epoch: int, g: torch.Generator):  # noqa: ANN202
+        yield x, torch.tensor([0, 1, 0, 1])
+
+    history = fit(model, _loss, batches, _cfg(3), seed=0, checkpoint_dir=tmp_path, progress=False, validate=lambda m: {"val_acc": next(scores)},
+                  select_metric="val_acc", best_kind="rb3d", best_meta={"class_names": ["a", "b"]})
     assert history.best_epoch == 2 and history.best_value == 0.9
-    assert load_checkpoint(tmp_path / "best.pt")["epoch"] == 1
+    best = checkpoints.load(tmp_path / "best.pt", "rb3d")
+    assert best["epoch"] == 1 and best["class_names"] == ["a", "b"] and best["kind"] == "rb3d"
+    assert all(torch.equal(best["model"][k], v) for k, v in history.best_state.items())
+    assert checkpoints.load_state(tmp_path / "last.pt")["history"]["best_epoch"] == 2
 
 
 def test_bad_config_and_foreign_checkpoint(tmp_path: Path) -> None:
-    with pytest.raises(CryoNBError, match="optimizer must be 'adam' or 'sgd'"):
+    with pytest.raises(CryoNBError, match="optimizer='rmsprop': expected 'adam' or 'sgd'"):
         TrainConfig(optimizer="rmsprop")
-    with pytest.raises(CryoNBError, match="lr must be > 0"):
+    with pytest.raises(CryoNBError, match="lr=0: expected lr > 0"):
         TrainConfig(lr=0)
+    with pytest.raises(CryoNBError, match=r"unknown train parameter\(s\) \['batch_size'\]"):
+        TrainConfig.from_dict({"batch_size": 16})
+    assert TrainConfig.from_dict({"lr": 0.1}, TrainConfig(epochs=7)) == TrainConfig(epochs=7, lr=0.1)
     torch.save({"weights": 1}, tmp_path / "x.pt")
     with pytest.raises(CryoNBError, match=r"x\.pt: not a cryonb checkpoint"):
-        load_checkpoint(tmp_path / "x.pt")
+        checkpoints.load_state(tmp_path / "x.pt")
 
 
 @pytest.mark.skipif(not torch.cuda.is_available(), reason="needs CUDA: AMP runs only on a GPU")
 def test_amp_on_cuda_trains(tmp_path: Path) -> None:
-    cfg = TrainConfig(epochs=2, lr=0.05, optimizer="sgd", checkpoint_dir=tmp_path, progress=False, device="cuda")
-    history = fit(_model(), _loss, _batches, cfg)
+    history = fit(_model(), _loss, _batches, TrainConfig(epochs=2, lr=0.05, optimizer="sgd"), seed=0, device="cuda",
+                  checkpoint_dir=tmp_path, progress=False)
     assert all(torch.isfinite(torch.tensor(e["loss"])) for e in history.epochs)
 
 

@@ -2,10 +2,13 @@
 
 Example:
     python -m cryonb extract TOMO.mrc picks.star --box 32 --voxel-size-a 10 -o subtomos/
-    python -m cryonb classify subtomos/ --checkpoint runs/quick/finetune/<run>.pt
+    python -m cryonb train classifier --profile quick        # prints runs/quick/classifier/<key>/best.pt
+    python -m cryonb classify subtomos/ --checkpoint runs/quick/classifier/<key>/best.pt
 
-The checkpoint is a fine-tuned RB3D (a dict with `model`, `model_config`, and optionally `class_names`,
-`box`, `voxel_size_a`); box and voxel size, when recorded, must match the subtomograms.
+The checkpoint is an RB3D classifier written by cryonb (kind "rb3d": `python -m cryonb train classifier`, or
+any fine-tuning run of `python -m cryonb train finetune`: runs/<profile>/finetune/<key>/snr<S>-<init>-f<F>-r<R>/best.pt);
+it records its class names, box and voxel size, which must match the subtomograms. Only tensors and plain values
+are read from it (weights_only loading).
 Writes OUT/predictions.csv (predicted class, softmax probability of every class, coordinates, border
 flag) and OUT/predictions.star (rlnCoordinateX/Y/Z, rlnClassNumber 1-based, rlnMaxValueProbDistribution).
 OUT defaults to SUBTOMOS/classify/.

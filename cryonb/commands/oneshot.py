@@ -5,13 +5,14 @@ Example:
     mkdir -p support/ribosome support/proteasome      # copy one (or a few) chosen boxes per class:
     cp subtomos/mrc/subtomo_000012.mrc support/ribosome/
     cp subtomos/mrc/subtomo_000345.mrc support/proteasome/
-    python -m cryonb oneshot subtomos/ --support support/ --checkpoint runs/quick/cosnet/DuSE-SCNN+decoder-<hash>.pt
+    python -m cryonb train cosnet --profile quick           # prints runs/quick/cosnet/<variant>-snr<S>-<n>way-<key>.pt
+    python -m cryonb oneshot subtomos/ --support support/ --checkpoint runs/quick/cosnet/DuSE-SCNN+decoder-snr0.5-5way-<key>.pt
 
 The support folder holds one sub-folder of MRC volumes (or one <class>.mrc) per class, at least two
 classes, with the subtomograms' box and voxel size. Several volumes in a class are averaged (k-shot).
 Writes OUT/oneshot.csv (predicted class, match probability per class, coordinates, border flag) and,
 for a variant with the decoder, OUT/masks.npy and OUT/masks/mask_NNNNNN.mrc (mask probabilities).
-OUT defaults to SUBTOMOS/oneshot/. Checkpoints come from cryonb.oneshot.ensure_cosnet (notebook 07).
+OUT defaults to SUBTOMOS/oneshot/. Checkpoints come from `python -m cryonb train cosnet` (or notebook 07).
 """
 
 from __future__ import annotations
@@ -25,7 +26,7 @@ from cryonb.predict import load_subtomograms, oneshot_predict, read_support, wri
 def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("subtomos", help="folder written by `python -m cryonb extract`")
     parser.add_argument("--support", required=True, help="support folder: one sub-folder or <class>.mrc per class")
-    parser.add_argument("--checkpoint", required=True, help="COS-Net checkpoint (.pt) from ensure_cosnet")
+    parser.add_argument("--checkpoint", required=True, help="COS-Net checkpoint (.pt) from `python -m cryonb train cosnet` (runs/<profile>/cosnet/)")
     parser.add_argument("-o", "--out", default=None, help="output folder (default: SUBTOMOS/oneshot)")
     parser.add_argument("--batch-size", type=int, default=32)
 

@@ -130,7 +130,7 @@ class COSNet(nn.Module):
 
     def __init__(self, cfg: COSNetConfig = COSNetConfig()) -> None:
         super().__init__()
-        self.cfg = cfg
+        self.config = cfg
         c = cfg.base_channels
         self.enc1, self.enc2, self.enc3 = _block(1, c, cfg), _block(c, 2 * c, cfg), _block(2 * c, 4 * c, cfg)
         if cfg.decoder:
@@ -144,7 +144,7 @@ class COSNet(nn.Module):
         self.match = nn.Linear(cfg.feature_dim, 1)
 
     def _check(self, x: torch.Tensor) -> None:
-        d = self.cfg.box
+        d = self.config.box
         if x.ndim != 5 or tuple(x.shape[1:]) != (1, d, d, d):
             raise CryoNBError(f"COS-Net input has shape {tuple(x.shape)}: expected (B, 1, {d}, {d}, {d})")
 
@@ -155,13 +155,17 @@ class COSNet(nn.Module):
         e3 = self.enc3(F.max_pool3d(e2, 2))
         mask = None
         feats = e3
-        if self.cfg.decoder:
+        if self.config.decoder:
             d2 = self.dec2(torch.cat([self.up2(e3), e2], 1))
             d1 = self.dec1(torch.cat([self.up1(d2), e1], 1))
             mask = torch.sigmoid(self.head(d1))
             feats = e3 * (0.5 + F.avg_pool3d(mask, 4))  # decoder guidance: attend to the predicted molecule
-        pooled = F.adaptive_avg_pool3d(feats, self.cfg.feature_pool).flatten(1)
+        pooled = F.adaptive_avg_pool3d(feats, self.config.feature_pool).flatten(1)
         return self.features(pooled), mask
+
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor | None]:
+        """(B, F) embeddings and (B, 1, D, D, D) mask probabilities (None without decoder): see :func:`cryonb.embedding.embed`."""
+        return self(x)
 
     def score(self, support: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
         """Match logits of every (target, support) pair.
@@ -172,7 +176,7 @@ class COSNet(nn.Module):
 
     def match_logits(self, dist: torch.Tensor) -> torch.Tensor:
         """(..., F) non-negative feature distances → (...) match logits."""
-        if self.cfg.match_head == "monotone":
+        if self.config.match_head == "monotone":
             return -(dist @ F.softplus(self.match.weight[0])) + self.match.bias[0]
         return self.match(dist).squeeze(-1)
 

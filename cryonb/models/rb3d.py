@@ -102,6 +102,10 @@ class RB3D(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.classifier(self.encode(x))
 
+    def embed(self, x: torch.Tensor) -> tuple[torch.Tensor, None]:
+        """(B, embedding_dim) embeddings and no mask: the interface :func:`cryonb.embedding.embed` uses."""
+        return self.encode(x), None
+
     def encoder_state(self) -> dict[str, torch.Tensor]:
         """Weights of everything but the classifier: what pre-training hands to fine-tuning."""
         return {k: v for k, v in self.state_dict().items() if not k.startswith("classifier.")}

@@ -8,7 +8,7 @@ from typing import Any
 
 from cryonb.errors import CryoNBError, reject_unknown_keys
 
-__all__ = ["SimulationConfig", "check_snr"]
+__all__ = ["SimulationConfig", "check_snr", "snr_label"]
 
 
 @dataclass(frozen=True)
@@ -86,3 +86,9 @@ def check_snr(snr: float) -> float:
     if not value > 0:  # also rejects NaN
         raise CryoNBError(f"snr={snr!r}: expected a number > 0 (or inf for no noise)")
     return value
+
+
+def snr_label(snr: float) -> str:
+    """How an SNR is written in names and tables: ``inf``, ``1000``, ``0.05``."""
+    value = check_snr(snr)
+    return "inf" if math.isinf(value) else f"{value:g}"

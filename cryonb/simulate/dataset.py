@@ -13,7 +13,6 @@ number of worker processes or the chunking.
 
 from __future__ import annotations
 
-import hashlib
 import json
 import math
 import multiprocessing as mp
@@ -29,10 +28,11 @@ import torch
 from tqdm.auto import tqdm
 
 from cryonb import budget
+from cryonb.cache import content_key, file_digest
 from cryonb.errors import CryoNBError
 from cryonb.io import write_text_atomic
 from cryonb.paths import generated_dir, resolve
-from cryonb.simulate.config import SimulationConfig, check_snr
+from cryonb.simulate.config import SimulationConfig, check_snr, snr_label
 from cryonb.simulate.density import MoleculeMap, molecule_map
 from cryonb.simulate.imaging import crop_center, prepare, simulate_fast, simulate_tiltseries
 from cryonb.simulate.scene import make_scene
@@ -114,8 +114,7 @@ class DatasetRecipe:
 
     def content_hash(self) -> str:
         """12 hex digits of the sha256 of the recipe (and the storage format version)."""
-        text = json.dumps([self.to_dict(), _FORMAT_VERSION], sort_keys=True)
-        return hashlib.sha256(text.encode()).hexdigest()[:12]
+        return content_key(self.to_dict(), _FORMAT_VERSION)
 
     @property
     def folder_name(self) -> str:
@@ -126,15 +125,11 @@ class DatasetRecipe:
         return len(self.classes) * int(self.n_per_class)
 
 
-def _snr_tag(snr: float) -> str:
-    return "inf" if math.isinf(snr) else f"{snr:g}"
-
-
 def cssl_recipe(snr: float = 0.1, n_per_class: int = 500, seed: int = 0, **simulation: Any) -> DatasetRecipe:
     """The CSSL paper's 10 classes, stratified 60:20:20 split; ``simulation`` overrides SimulationConfig."""
     snr = check_snr(snr)
     return DatasetRecipe(
-        name=f"cssl-snr{_snr_tag(snr)}-n{n_per_class}-s{seed}", classes=CSSL_CLASSES, n_per_class=n_per_class,
+        name=f"cssl-snr{snr_label(snr)}-n{n_per_class}-s{seed}", classes=CSSL_CLASSES, n_per_class=n_per_class,
         snr=snr, seed=seed, simulation=SimulationConfig.from_dict(simulation))
 
 
@@ -143,7 +138,7 @@ def cosnet_recipe(snr: float = 1000.0, n_per_class: int = 60, seed: int = 0, **s
     get a 60:20:20 split. ``snr=math.inf`` allowed (no noise)."""
     snr = check_snr(snr)
     return DatasetRecipe(
-        name=f"cosnet-snr{_snr_tag(snr)}-n{n_per_class}-s{seed}", classes=ALL_CLASSES, n_per_class=n_per_class,
+        name=f"cosnet-snr{snr_label(snr)}-n{n_per_class}-s{seed}", classes=ALL_CLASSES, n_per_class=n_per_class,
         snr=snr, seed=seed, unseen_classes=COSNET_UNSEEN_CLASSES, simulation=SimulationConfig.from_dict(simulation))
 
 
@@ -275,14 +270,6 @@ def _run_chunk(bounds: tuple[int, int]) -> tuple[int, int, list[dict[str, Any]]]
     return bounds[0], bounds[1], rows
 
 
-def _sha256(path: Path) -> str:
-    h = hashlib.sha256()
-    with open(path, "rb") as fh:
-        for block in iter(lambda: fh.read(1 << 22), b""):
-            h.update(block)
-    return h.hexdigest()
-
-
 def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_workers: int | None = None,
                      chunk_size: int = 32, progress: bool = True) -> Path:
     """Generate the data set into ``root`` (resumable via ``root.partial``); returns ``root``.
@@ -345,7 +332,7 @@ def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_work
     info = {
         "recipe": recipe.to_dict(), "hash": recipe.content_hash(), "format_version": _FORMAT_VERSION,
         "n": n, "crop_size": c, "voxel_size_a": recipe.simulation.voxel_size_a,
-        "sha256": {f: _sha256(partial / f) for f in ("volumes.npy", "masks.npy", "meta.csv")},
+        "sha256": {f: file_digest(partial / f) for f in ("volumes.npy", "masks.npy", "meta.csv")},
     }
     write_text_atomic(partial / "recipe.json", json.dumps(info, indent=2))
     if root.exists():
