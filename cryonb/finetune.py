@@ -95,11 +95,9 @@ class FinetuneConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], model: RB3DConfig) -> "FinetuneConfig":
-        """From a spec's ``finetune:`` (or ``classifier:``) block; the architecture comes from ``cssl.model``."""
+        """From a spec's ``finetune:`` (or ``classifier:``) block (without ``model``); the architecture comes from ``cssl.model``."""
         raw = dict(raw)
         reject_unknown_keys(raw, cls, "finetune")
-        if "model" in raw:
-            raise CryoNBError("finetune: the RB3D architecture is set once, in cssl.model (pre-training and fine-tuning share it)")
         return cls(model=model, train=TrainConfig.from_dict(raw.pop("train", {}), cls().train), **raw)
 
 

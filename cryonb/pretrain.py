@@ -83,11 +83,9 @@ class PretrainConfig:
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any], model: RB3DConfig) -> "PretrainConfig":
-        """From the spec's ``pretrain:`` block; the architecture comes from the paper's shared ``model:``."""
+        """From the spec's ``pretrain:`` block (without ``model``); the architecture comes from ``cssl.model``."""
         raw = dict(raw)
         reject_unknown_keys(raw, cls, "pretrain")
-        if "model" in raw:
-            raise CryoNBError("pretrain: the RB3D architecture is set once, in cssl.model (pre-training and fine-tuning share it)")
         return cls(model=model, train=TrainConfig.from_dict(raw.pop("train", {}), cls().train), ssl=SSLConfig.from_dict(raw.pop("ssl", {})),
                    augment=AugmentConfig.from_dict(raw.pop("augment", {})), **raw)
 

@@ -87,6 +87,14 @@ def _mapping(raw: Any, what: str) -> dict[str, Any]:
     return dict(raw)
 
 
+def _rb3d_block(raw: Any, what: str) -> dict[str, Any]:
+    """A block of a step that uses RB3D; the architecture is set once, in ``cssl.model``."""
+    raw = _mapping(raw, what)
+    if "model" in raw:
+        raise CryoNBError(f"{what}: the RB3D architecture is set once, in cssl.model (pre-training and fine-tuning share it)")
+    return raw
+
+
 def _positive_int(value: Any, what: str) -> int:
     if isinstance(value, bool) or not isinstance(value, int) or value < 1:
         raise CryoNBError(f"{what}={value!r}: expected an integer ≥ 1")
@@ -134,7 +142,7 @@ class ClassifierSpec:
             raise CryoNBError(f"{what}.classes={classes!r}: expected a list of at least two different PDB ids")
         n = _positive_int(raw.pop("n_per_class", None), f"{what}.n_per_class")
         snr = parse_snr(raw.pop("snr", None))
-        return cls(tuple(str(c).lower() for c in classes), n, snr, _section(f"{what}", lambda: FinetuneConfig.from_dict(raw, model)))
+        return cls(tuple(str(c).lower() for c in classes), n, snr, _section(what, lambda: FinetuneConfig.from_dict(_rb3d_block(raw, what), model)))
 
 
 @dataclass(frozen=True)
@@ -156,8 +164,8 @@ class CSSLSpec:
         return cls(
             data=_section("cssl.data", lambda: DataSpec.from_dict(raw.get("data"), "cssl.data")),
             model=model,
-            pretrain=_section("cssl.pretrain", lambda: PretrainConfig.from_dict(_mapping(raw.get("pretrain"), "cssl.pretrain"), model)),
-            finetune=_section("cssl.finetune", lambda: FinetuneConfig.from_dict(_mapping(raw.get("finetune"), "cssl.finetune"), model)),
+            pretrain=_section("cssl.pretrain", lambda: PretrainConfig.from_dict(_rb3d_block(raw.get("pretrain"), "cssl.pretrain"), model)),
+            finetune=_section("cssl.finetune", lambda: FinetuneConfig.from_dict(_rb3d_block(raw.get("finetune"), "cssl.finetune"), model)),
             sweep=_section("cssl.sweep", lambda: SweepConfig.from_dict(_mapping(raw.get("sweep"), "cssl.sweep"))),
             classifier=ClassifierSpec.from_dict(raw.get("classifier"), model, "cssl.classifier"),
         )

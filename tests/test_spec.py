@@ -47,6 +47,7 @@ def test_profiles_encode_the_papers_settings() -> None:
 @pytest.mark.parametrize(("change", "message"), [
     ({"cssl.pretrain.train.lrr": 1}, r"params/test\.yaml: cssl\.pretrain: unknown train parameter\(s\) \['lrr'\]"),
     ({"cssl.model.n_classes": 3}, r"cssl\.model: \['n_classes'\] cannot be set here"),
+    ({"cssl.finetune.model": {"width": 8}}, r"cssl\.finetune: the RB3D architecture is set once, in cssl\.model"),
     ({"cssl.sweep.inits": ["byol"]}, r"cssl\.sweep: sweep inits \['byol'\]"),
     ({"cosnet.evaluation.variants": ["SCN"]}, r"cosnet\.evaluation: unknown COS-Net variant\(s\) \['SCN'\]"),
     ({"cosnet.evaluation.main_snrs": [0.5]}, r"SNR\(s\) \[0\.5\] are evaluated but have no data set"),
