@@ -154,6 +154,9 @@ def build_model(payload: Mapping[str, Any], source: str, n_classes: int | None =
             net.load_state_dict(state)
     except (TypeError, KeyError, RuntimeError, CryoNBError) as exc:
         raise CryoNBError(f"{source}: {_NAMES[kind]} checkpoint incompatible with this cryonb version ({' '.join(str(exc).split())[:300]}); retrain it") from exc
+    broken = [k for k, v in state.items() if v.is_floating_point() and not bool(torch.isfinite(v).all())]
+    if broken:  # a diverged training: every prediction would be NaN
+        raise CryoNBError(f"{source}: weights {broken[:3]} hold NaN or inf (the training diverged); retrain it")
     return net.eval()
 
 

@@ -83,9 +83,36 @@ def load_subtomograms(folder: str | os.PathLike[str]) -> Subtomograms:
     return Subtomograms(f, volumes, meta, voxel)
 
 
-def _zscore(v: np.ndarray) -> np.ndarray:
+def _zscore(v: np.ndarray, source: Path) -> np.ndarray:
     std = float(v.std())
-    return ((v - v.mean()) / std if std > 0 else np.zeros_like(v)).astype(np.float32)
+    if not std > 0:  # a flat box z-scores to zeros, which lies near every embedding and attracts every query
+        raise CryoNBError(f"{source}: support volume is flat (one value everywhere); choose a box that shows the particle")
+    return ((v - v.mean()) / std).astype(np.float32)
+
+
+def _check_batch_size(batch_size: int) -> None:
+    if isinstance(batch_size, bool) or not isinstance(batch_size, int) or batch_size < 1:
+        raise CryoNBError(f"batch size {batch_size!r}: expected an integer ≥ 1")
+
+
+def _check_data(payload: dict[str, Any], subtomos: Subtomograms, source: str, box: int | None) -> None:
+    """The checkpoint's box and voxel size (when recorded) must be the subtomograms'."""
+    n = subtomos.volumes.shape[1]
+    if box is not None and box != n:
+        raise CryoNBError(f"{source}: model trained on {box}³ boxes, the subtomograms are {n}³; re-extract with --box {box}")
+    trained_a = payload.get("voxel_size_a")
+    if trained_a is not None and subtomos.voxel_size_a is not None and abs(float(trained_a) - subtomos.voxel_size_a) > 0.01 * float(trained_a):
+        raise CryoNBError(
+            f"{source}: model trained at {float(trained_a):g} Å voxels, the subtomograms are {subtomos.voxel_size_a:g} Å; "
+            f"re-extract with --voxel-size-a {float(trained_a):g}"
+        )
+
+
+def _check_finite(values: np.ndarray, source: str) -> None:
+    bad = ~np.isfinite(values).all(axis=tuple(range(1, values.ndim)))
+    if bad.any():
+        raise CryoNBError(f"{source}: the model's outputs are NaN or inf for {int(bad.sum())} of {len(bad)} subtomograms "
+                          f"(first: {int(np.flatnonzero(bad)[0])}); check those volumes (e.g. all-NaN boxes) and the checkpoint")
 
 
 def read_support(folder: str | os.PathLike[str], box: int, voxel_size_a: float | None) -> Support:
@@ -121,7 +148,7 @@ def read_support(folder: str | os.PathLike[str], box: int, voxel_size_a: float |
                 raise CryoNBError(f"{p}: support volume has shape {vol.data.shape}, expected ({box}, {box}, {box}) like the subtomograms")
             if voxel_size_a is not None and abs(vol.voxel_size_a - voxel_size_a) > 0.01 * voxel_size_a:
                 raise CryoNBError(f"{p}: support voxel size {vol.voxel_size_a:g} Å, expected {voxel_size_a:g} Å like the subtomograms")
-            volumes.append(_zscore(vol.data))
+            volumes.append(_zscore(vol.data, p))
             class_of.append(c)
     return Support(list(files), np.stack(volumes), np.array(class_of))
 
@@ -144,15 +171,15 @@ def oneshot_predict(
     masks : np.ndarray, (N, box, box, box) float32 or None
         Segmentation probabilities, None for a variant without decoder.
     """
+    _check_batch_size(batch_size)
     net, payload = checkpoints.load_model(checkpoint, "cosnet")
-    box = subtomos.volumes.shape[1]
-    if net.config.box != box:
-        raise CryoNBError(f"{checkpoint}: COS-Net was trained on {net.config.box}³ boxes, the subtomograms are {box}³; re-extract with --box {net.config.box}")
+    _check_data(payload, subtomos, str(checkpoint), net.config.box)
     sup_emb, _ = embed(net, support.volumes, batch_size=batch_size)
     protos = class_prototypes(sup_emb, support.class_of, len(support.names))
     emb, masks_t = embed(net, subtomos.volumes, batch_size=batch_size)
     logits = prototype_scores(emb, protos, head=net.match_logits)  # (N, n)
     prob = torch.sigmoid(logits).numpy()
+    _check_finite(prob, str(checkpoint))
     best = prob.argmax(1)
     table = pd.DataFrame({"index": np.arange(len(prob)), "predicted": [support.names[i] for i in best], "probability": prob.max(1)})
     for c, name in enumerate(support.names):
@@ -205,22 +232,16 @@ def classify_predict(checkpoint: str | os.PathLike[str], subtomos: Subtomograms,
         ``p_<class>`` for every class (they sum to 1), ``x, y, z, border`` from meta.csv when present.
     """
     source = str(checkpoint)
+    _check_batch_size(batch_size)
     net, payload = checkpoints.load_model(checkpoint, "rb3d")
-    box = subtomos.volumes.shape[1]
-    if payload.get("box") not in (None, box):
-        raise CryoNBError(f"{source}: classifier trained on {payload['box']}³ boxes, the subtomograms are {box}³; re-extract with --box {payload['box']}")
-    trained_a = payload.get("voxel_size_a")
-    if trained_a is not None and subtomos.voxel_size_a is not None and abs(float(trained_a) - subtomos.voxel_size_a) > 0.01 * float(trained_a):
-        raise CryoNBError(
-            f"{source}: classifier trained at {float(trained_a):g} Å voxels, the subtomograms are {subtomos.voxel_size_a:g} Å; "
-            f"re-extract with --voxel-size-a {float(trained_a):g}"
-        )
+    _check_data(payload, subtomos, source, payload.get("box"))
     names = _class_names(payload, net.config.n_classes, source)
     parts = []
     for s in range(0, len(subtomos.volumes), batch_size):
         x = torch.from_numpy(np.array(subtomos.volumes[s : s + batch_size], dtype=np.float32))[:, None]
         parts.append(torch.softmax(net(x), dim=1).numpy())
     prob = np.concatenate(parts) if parts else np.zeros((0, len(names)), np.float32)
+    _check_finite(prob, source)
     best = prob.argmax(1)
     table = pd.DataFrame({"index": np.arange(len(prob)), "predicted": [names[i] for i in best], "class_number": best + 1, "probability": prob.max(1) if len(prob) else []})
     for c, name in enumerate(names):

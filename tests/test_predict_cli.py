@@ -200,9 +200,9 @@ def test_classify_rejects_other_model_version_and_mismatched_data(tmp_path: Path
     torch.save(payload, wide)
     with pytest.raises(CryoNBError, match=r"wide\.pt: RB3D checkpoint incompatible with this cryonb version.*size mismatch"):
         classify_predict(wide, subtomos)
-    with pytest.raises(CryoNBError, match=r"box\.pt: classifier trained on 32³ boxes, the subtomograms are 16³; re-extract with --box 32"):
+    with pytest.raises(CryoNBError, match=r"box\.pt: model trained on 32³ boxes, the subtomograms are 16³; re-extract with --box 32"):
         classify_predict(_rb3d_checkpoint(tmp_path / "box.pt", box=32), subtomos)
-    with pytest.raises(CryoNBError, match=r"vs\.pt: classifier trained at 13\.6 Å voxels, the subtomograms are 10 Å"):
+    with pytest.raises(CryoNBError, match=r"vs\.pt: model trained at 13\.6 Å voxels, the subtomograms are 10 Å"):
         classify_predict(_rb3d_checkpoint(tmp_path / "vs.pt", voxel_size_a=13.6), subtomos)
 
 
@@ -227,3 +227,34 @@ def test_classify_reads_a_train_fit_best_checkpoint(tmp_path: Path) -> None:
 
 class FakeHistory:
     """Stands in for cryonb.train.History: a Python object that weights_only loading refuses."""
+
+
+def test_silent_wrong_predictions_become_errors(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #14 item 5: NaN weights or outputs, bad batch sizes, flat support boxes, a voxel-size mismatch."""
+    from cryonb.predict import classify_predict
+
+    sub = _subtomos(tmp_path / "sub")
+    subtomos = load_subtomograms(sub)
+    good = _rb3d_checkpoint(tmp_path / "rb3d.pt")
+    payload = torch.load(good, weights_only=True)
+    payload["model"]["classifier.weight"][0, 0] = float("nan")
+    torch.save(payload, tmp_path / "nan.pt")
+    with pytest.raises(CryoNBError, match=r"nan\.pt: weights \['classifier\.weight'\] hold NaN or inf \(the training diverged\)"):
+        classify_predict(tmp_path / "nan.pt", subtomos)
+    for size in (-1, 0):
+        assert cli_main(["classify", str(sub), "--checkpoint", str(good), "--batch-size", str(size)]) == 2
+        assert f"batch size {size}: expected an integer ≥ 1" in capsys.readouterr().err
+    vols = np.load(sub / "volumes.npy")
+    vols[2] = np.nan
+    save_npy_atomic(tmp_path / "nanvol" / "volumes.npy", vols)
+    (tmp_path / "nanvol" / "meta.csv").write_text((sub / "meta.csv").read_text())
+    with pytest.raises(CryoNBError, match=r"outputs are NaN or inf for 1 of 6 subtomograms \(first: 2\)"):
+        classify_predict(good, load_subtomograms(tmp_path / "nanvol"))
+    write_mrc(tmp_path / "flat" / "a.mrc", np.ones((BOX, BOX, BOX), np.float32), 10.0)
+    write_mrc(tmp_path / "flat" / "b.mrc", vols[0], 10.0)
+    with pytest.raises(CryoNBError, match=r"a\.mrc: support volume is flat"):
+        read_support(tmp_path / "flat", BOX, 10.0)
+    support = read_support(_support(tmp_path / "s", sub, {"a": [0], "b": [3]}), BOX, 10.0)
+    at_13 = _cosnet_checkpoint(tmp_path / "cos13.pt", voxel_size_a=13.6)
+    with pytest.raises(CryoNBError, match=r"cos13\.pt: model trained at 13\.6 Å voxels, the subtomograms are 10 Å; re-extract with --voxel-size-a 13\.6"):
+        oneshot_predict(at_13, subtomos, support)
