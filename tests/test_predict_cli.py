@@ -226,3 +226,26 @@ def test_classify_reads_a_train_fit_best_checkpoint(tmp_path: Path) -> None:
 
 class FakeHistory:
     """Stands in for cryonb.train.History: a Python object that weights_only loading refuses."""
+
+
+def test_prediction_outputs_are_guarded_and_replaced_as_a_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sub = _subtomos(tmp_path / "sub")
+    ckpt = _cosnet_checkpoint(tmp_path / "cos.pt")
+    support = _support(tmp_path / "support", sub, {"alpha": [1], "beta": [4]})
+    # -o onto the input folder would replace what the predictions are read from: refused before the model runs
+    assert cli_main(["classify", str(sub), "--checkpoint", str(tmp_path / "none.pt"), "-o", str(sub)]) == 2
+    assert f"{sub}: contains the input {sub}; the output would replace it" in capsys.readouterr().err
+    dataset = tmp_path / "data-set"
+    dataset.mkdir()
+    (dataset / "recipe.json").write_text("{}")
+    (dataset / "masks.npy").write_bytes(b"the data set's masks")
+    args = ["oneshot", str(sub), "--support", str(support), "--checkpoint", str(ckpt)]
+    assert cli_main([*args, "-o", str(dataset), "--overwrite"]) == 2
+    assert "is a generated data set (recipe.json)" in capsys.readouterr().err
+    assert (dataset / "masks.npy").read_bytes() == b"the data set's masks"
+    # an earlier run's extra mask files do not survive a rerun (masks/ is replaced, not merged)
+    assert cli_main(args) == 0
+    stale = sub / "oneshot" / "masks" / "mask_000099.mrc"
+    stale.write_bytes(b"from an older, larger run")
+    assert cli_main(args) == 0
+    assert not stale.exists() and len(list((sub / "oneshot" / "masks").iterdir())) == 6
