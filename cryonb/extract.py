@@ -125,7 +125,8 @@ def open_tomogram(
                 f"{p}: header voxel size is {header_a} Å (missing); pass the tomogram's voxel size "
                 "with --tomo-voxel-size-a"
             )
-        _check_voxel_size(size_a, f"{p}: header voxel size")
+        source = "tomogram voxel size" if voxel_size_a is not None else "header voxel size (override: --tomo-voxel-size-a)"
+        _check_voxel_size(size_a, f"{p}: {source}")
         yield data, size_a
 
 
@@ -664,4 +665,4 @@ def _duplicate_rows(coords: pd.DataFrame) -> list[tuple[int, int]]:
     key = coords[["x", "y", "z"]].round(3)
     first_of = key.drop_duplicates().reset_index().merge(key.reset_index(), on=["x", "y", "z"], suffixes=("_first", ""))
     rows = coords["row"].to_numpy()
-    return [(int(rows[i]), int(rows[j])) for i, j in zip(first_of["index"], first_of["index_first"]) if i != j]
+    return sorted((int(rows[i]), int(rows[j])) for i, j in zip(first_of["index"], first_of["index_first"]) if i != j)

@@ -42,7 +42,8 @@ def main(args: argparse.Namespace) -> int:
         print(r.line())
     bad = [r for r in results if r.failed]
     print(f"{len(results)} data sets: {sum(r.status == 'ok' for r in results)} ok, "
-          f"{sum(r.status == 'mismatch' for r in results)} mismatched, {sum(r.status == 'refused' for r in results)} refused, "
+          f"{sum(r.status == 'mismatch' for r in results)} mismatched, "
+          f"{sum(r.status == 'refused' for r in results)} refused, "
           f"{sum(r.status == 'missing' and r.required for r in results)} bundled missing, "
           f"{sum(r.status == 'missing' and not r.required for r in results)} missing (generated on demand or fetchable)")
     return 1 if bad else 0

@@ -39,8 +39,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tomo-name", default=None, help="keep only this rlnTomoName of a multi-tomogram STAR")
     parser.add_argument("--mrc", action="store_true", help="also write one MRC file per box")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--overwrite", action="store_true",
-                        help="write into a non-empty folder that is not an extract output (replaces volumes.npy, meta.csv, mrc/)")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not an "
+                        "extract output (replaces volumes.npy, meta.csv, mrc/ there; keeps other files)")
 
 
 def main(args: argparse.Namespace) -> int:

@@ -58,8 +58,8 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--path", choices=["fast", "tiltseries"], default="fast", help="imaging path")
     parser.add_argument("--workers", type=_int_at_least(1), default=None, help="worker processes (default 2)")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
-    parser.add_argument("--lock-timeout-s", type=_seconds, default=None,
-                        help="while another process generates the same set, wait at most this long (default: until it is done)")
+    parser.add_argument("--lock-timeout-s", type=_seconds, default=None, help="while another process generates "
+                        "the same set, wait at most this many seconds (default: until it is done)")
 
 
 def main(args: argparse.Namespace) -> int:
