@@ -44,7 +44,8 @@ def build_parser() -> argparse.ArgumentParser:
             formatter_class=argparse.RawDescriptionHelpFormatter,
         )
         module.add_args(p)  # type: ignore[attr-defined]
-        p.set_defaults(_main=module.main)  # type: ignore[attr-defined]
+        # RESUMABLE = False in a command module: an interrupted call starts over, so do not promise a resume
+        p.set_defaults(_main=module.main, _resumable=getattr(module, "RESUMABLE", True))  # type: ignore[attr-defined]
     return parser
 
 
@@ -58,6 +59,16 @@ def main(argv: Sequence[str] | None = None) -> int:
     except CryoNBError as exc:
         print(f"cryonb {args.command}: error: {exc}", file=sys.stderr)
         return 2
+    except OSError as exc:
+        # a file system refusal (read-only folder, a file where a folder is needed, disk full) is the
+        # user's to fix: name the path, no traceback. Other exceptions are bugs and keep theirs.
+        where = exc.filename if exc.filename is not None else "?"
+        print(f"cryonb {args.command}: error: {where}: {exc.strerror or exc}", file=sys.stderr)
+        return 2
     except KeyboardInterrupt:
-        print(f"cryonb {args.command}: interrupted; finished outputs are kept, run again to resume", file=sys.stderr)
+        if args._resumable:
+            note = "finished outputs are kept, run again to resume"
+        else:
+            note = "nothing was changed (outputs are replaced only when complete); run again to start over"
+        print(f"cryonb {args.command}: interrupted; {note}", file=sys.stderr)
         return 130

@@ -24,7 +24,10 @@ Coordinates are tomogram voxel indices ``(x, y, z)``, 0-based, with voxel ``i`` 
 from __future__ import annotations
 
 import contextlib
+import csv
+import math
 import os
+import shutil
 import warnings
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
@@ -40,7 +43,8 @@ import torch
 from tqdm import tqdm
 
 from cryonb.errors import CryoNBError
-from cryonb.io import atomic_path, write_mrc, write_text_atomic
+from cryonb.io import check_mrc_header, require_file, write_mrc, write_text_atomic
+from cryonb.outputs import check_output_folder, output_folder
 
 __all__ = [
     "ExtractResult",
@@ -71,6 +75,7 @@ class ExtractResult:
     n: int
     n_border: int
     crop: int
+    duplicates: tuple[int, ...] = ()  # file rows repeating an earlier row's x, y, z (extracted anyway)
 
 
 @contextlib.contextmanager
@@ -93,16 +98,18 @@ def open_tomogram(
     voxel_size_a : float
         Voxel size in Å (> 0).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CryoNBError(f"{p}: no such tomogram file")
+    p = require_file(path, "tomogram file")
     if voxel_size_a is not None and not voxel_size_a > 0:
         raise CryoNBError(f"{p}: tomogram voxel size given as {voxel_size_a} Å; expected > 0")
+    if voxel_size_a is not None:
+        _check_voxel_size(voxel_size_a, f"{p}: tomogram voxel size given (--tomo-voxel-size-a)")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # mrcfile only warns about a bad header in permissive mode
+            with mrcfile.open(p, mode="r", header_only=True) as head:
+                check_mrc_header(p, head.header)
             mrc = mrcfile.mmap(p, mode="r")
-    except (ValueError, OSError, RuntimeWarning, EOFError) as exc:
+    except (ValueError, OSError, OverflowError, RuntimeWarning, EOFError) as exc:
         raise CryoNBError(f"{p}: corrupt or truncated MRC file ({exc})") from exc
     with mrc:
         data = mrc.data
@@ -118,7 +125,20 @@ def open_tomogram(
                 f"{p}: header voxel size is {header_a} Å (missing); pass the tomogram's voxel size "
                 "with --tomo-voxel-size-a"
             )
+        source = "tomogram voxel size" if voxel_size_a is not None else "header voxel size (override: --tomo-voxel-size-a)"
+        _check_voxel_size(size_a, f"{p}: {source}")
         yield data, size_a
+
+
+#: Voxel sizes (Å) outside this range are typing mistakes (nm for Å, a missing exponent), not data.
+VOXEL_SIZE_RANGE_A = (0.1, 1000.0)
+
+
+def _check_voxel_size(value: float, what: str) -> None:
+    """Raise naming ``what`` unless ``value`` is a finite voxel size inside :data:`VOXEL_SIZE_RANGE_A`."""
+    lo, hi = VOXEL_SIZE_RANGE_A
+    if not (math.isfinite(value) and lo <= value <= hi):
+        raise CryoNBError(f"{what} is {value:g} Å; expected a voxel size between {lo:g} and {hi:g} Å")
 
 
 def _read_table(path: Path) -> pd.DataFrame:
@@ -141,8 +161,9 @@ def _read_table(path: Path) -> pd.DataFrame:
     if suffix in (".csv", ".tsv", ".txt"):
         try:
             return pd.read_csv(path, sep=None, engine="python")
-        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError) as exc:
-            raise CryoNBError(f"{path}: not a readable CSV file ({exc})") from exc
+        except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
+            # csv.Error: the delimiter sniffer gives up, e.g. on an empty file
+            raise CryoNBError(f"{path}: not a readable CSV file ({exc}); expected columns x, y, z") from exc
     raise CryoNBError(f"{path}: unknown coordinate file type {suffix!r}; expected .star or .csv")
 
 
@@ -181,9 +202,9 @@ def read_coordinates(
     pandas.DataFrame
         Columns ``x, y, z`` (float, voxels) plus ``row`` (index in the file).
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CryoNBError(f"{p}: no such coordinate file")
+    p = require_file(path, "coordinate file")
+    if p.stat().st_size == 0:
+        raise CryoNBError(f"{p}: empty file; expected particle coordinates (.star or .csv with x, y, z)")
     df = _read_table(p).reset_index(drop=True)
     df.insert(0, "row", np.arange(len(df)))
     name_col = next((c for c in ("rlnTomoName", "rlnMicrographName") if c in df.columns), None)
@@ -513,46 +534,135 @@ def extract_subtomograms(
     tomo_name: str | None = None,
     write_mrcs: bool = False,
     progress: bool = True,
+    overwrite: bool = False,
 ) -> ExtractResult:
     """Extract every particle of ``coordinates`` from ``tomogram`` into ``out_dir``.
 
     Writes ``volumes.npy`` ((N, box, box, box) float32, z-scored, ``voxel_size_a`` Å voxels),
     ``meta.csv`` (one row per box, see :func:`extract_boxes`, plus tomogram, voxel sizes and box)
-    and with ``write_mrcs`` ``mrc/subtomo_NNNNNN.mrc``. Every file is written atomically; ``meta.csv``
-    is written last, so its presence marks a finished extraction.
+    and with ``write_mrcs`` ``mrc/subtomo_NNNNNN.mrc``. The folder is written as one unit
+    (:func:`cryonb.outputs.output_folder`): an interrupted or failed run leaves ``out_dir`` as it was,
+    and a new run leaves no file of an earlier one. ``out_dir`` must be new, empty or an earlier
+    extract output unless ``overwrite``; files there that extract does not write are kept.
+    Duplicate picks are extracted and named in a ``UserWarning``.
 
     Raises
     ------
     CryoNBError
-        Missing/corrupt tomogram, voxel size 0 or missing, unreadable coordinates or no coordinate
-        columns, a particle outside the volume, NaN/inf in a box, a bad box or voxel size.
+        Missing/corrupt tomogram, voxel size 0, missing or implausible, unreadable coordinates or no
+        coordinate columns, a particle outside the volume, NaN/inf in a box, a bad box or voxel size,
+        a box spanning more than twice the tomogram, not enough memory or disk, a refused output folder.
     """
     if not (isinstance(box, (int, np.integer)) and box >= 4):
         raise CryoNBError(f"box must be an integer >= 4 voxels, got {box!r}")
     if not voxel_size_a > 0:
         raise CryoNBError(f"model voxel size (--voxel-size-a) is {voxel_size_a} Å; expected > 0")
+    _check_voxel_size(voxel_size_a, "model voxel size (--voxel-size-a)")
     tomo_path, out = Path(tomogram), Path(out_dir)
+    inputs = (tomo_path, Path(coordinates))
+    # before any reading: a refused output folder should not cost a pass over the tomogram
+    check_output_folder(out, "extract", EXTRACT_OUTPUTS, inputs, overwrite, _is_unmarked_extract)
     with open_tomogram(tomo_path, tomo_voxel_size_a) as (data, tomo_a):
         coords = read_coordinates(coordinates, shape_zyx=tuple(data.shape), voxel_size_a=tomo_a, tomo_name=tomo_name)
         crop = crop_size(box, voxel_size_a, tomo_a)
-        out.mkdir(parents=True, exist_ok=True)
-        volumes_path = out / "volumes.npy"
-        with atomic_path(volumes_path) as tmp:
+        _check_box_fits(box, crop, tuple(data.shape), tomo_path)
+        _check_resources(len(coords), box, crop, out, write_mrcs)
+        duplicates = _duplicate_rows(coords)
+        if duplicates:
+            shown = ", ".join(f"{r} (= row {first})" for r, first in duplicates[:10])
+            warnings.warn(
+                f"{coordinates}: {len(duplicates)} duplicate pick(s) at the same x, y, z as an earlier row: file row(s) "
+                f"{shown}{', ...' if len(duplicates) > 10 else ''}; each is extracted again (remove them if unintended)",
+                UserWarning, stacklevel=2,
+            )
+        with output_folder(out, "extract", EXTRACT_OUTPUTS, inputs, overwrite, _is_unmarked_extract) as tmp:
             # Written through a memory-mapped .npy so N boxes never sit in memory at once.
-            volumes = np.lib.format.open_memmap(tmp, mode="w+", dtype=np.float32, shape=(len(coords), box, box, box))
+            volumes = np.lib.format.open_memmap(tmp / "volumes.npy", mode="w+", dtype=np.float32,
+                                                shape=(len(coords), box, box, box))
             _, meta = extract_boxes(data, coords, box, crop, out=volumes, source=str(tomo_path), progress=progress)
             if write_mrcs:
                 for i in range(len(volumes)):
-                    write_mrc(out / "mrc" / f"subtomo_{i:06d}.mrc", volumes[i], voxel_size_a)
+                    write_mrc(tmp / "mrc" / f"subtomo_{i:06d}.mrc", volumes[i], voxel_size_a)
             volumes.flush()
             del volumes
-    meta.insert(0, "index", np.arange(len(meta)))
-    meta["tomogram"] = str(tomo_path)
-    meta["tomo_voxel_size_a"] = tomo_a
-    meta["voxel_size_a"] = float(voxel_size_a)
-    meta["box"] = box
-    meta["crop"] = crop
-    if write_mrcs:
-        meta["mrc"] = [f"mrc/subtomo_{i:06d}.mrc" for i in range(len(meta))]
-    meta_path = write_text_atomic(out / "meta.csv", meta.to_csv(index=False))
-    return ExtractResult(volumes_path, meta_path, len(meta), int(meta["border"].sum()), crop)
+            meta.insert(0, "index", np.arange(len(meta)))
+            meta["tomogram"] = str(tomo_path)
+            meta["tomo_voxel_size_a"] = tomo_a
+            meta["voxel_size_a"] = float(voxel_size_a)
+            meta["box"] = box
+            meta["crop"] = crop
+            if write_mrcs:
+                meta["mrc"] = [f"mrc/subtomo_{i:06d}.mrc" for i in range(len(meta))]
+            write_text_atomic(tmp / "meta.csv", meta.to_csv(index=False))
+    dup_rows = tuple(r for r, _ in duplicates)
+    return ExtractResult(out / "volumes.npy", out / "meta.csv", len(meta), int(meta["border"].sum()), crop, dup_rows)
+
+
+#: what ``extract`` writes into its output folder (everything else there is the user's and kept)
+EXTRACT_OUTPUTS = ("volumes.npy", "meta.csv", "mrc")
+_META_HEAD = "index,row,x,y,z,start_z,start_y,start_x,border"
+
+
+def _is_unmarked_extract(folder: Path) -> bool:
+    """An extract output written before output folders carried a marker: its meta.csv header is ours."""
+    try:
+        with open(folder / "meta.csv", encoding="utf-8") as fh:
+            return fh.readline().startswith(_META_HEAD)
+    except (OSError, UnicodeDecodeError):
+        return False
+
+
+def _check_box_fits(box: int, crop: int, shape_zyx: tuple[int, int, int], source: Path) -> None:
+    """Raise when a box spans more than twice every axis of the tomogram: it would be mostly padding."""
+    if crop > 2 * max(shape_zyx):
+        nz, ny, nx = shape_zyx
+        raise CryoNBError(
+            f"--box {box} spans {crop} tomogram voxels, more than twice every axis of {source} "
+            f"({nx} x {ny} x {nz} voxels); the boxes would be mostly padding: check --box and both voxel sizes"
+        )
+
+
+def _available_memory_bytes() -> int | None:
+    """Memory the kernel can give without swapping (``MemAvailable``), or None where unknown."""
+    try:
+        with open("/proc/meminfo", encoding="ascii") as fh:
+            for line in fh:
+                if line.startswith("MemAvailable:"):
+                    return int(line.split()[1]) * 1024
+    except (OSError, ValueError, IndexError):
+        pass
+    try:
+        return int(os.sysconf("SC_AVPHYS_PAGES") * os.sysconf("SC_PAGE_SIZE"))
+    except (ValueError, OSError, AttributeError):
+        return None
+
+
+def _check_resources(n: int, box: int, crop: int, out: Path, write_mrcs: bool) -> None:
+    """Raise before allocating when one batch would not fit in memory or the output not on disk."""
+    batch = max(1, _BATCH_BYTES // (4 * crop**3))
+    # per batch: crops read + the next batch prefetched, the three resampling products, the z-scored boxes
+    peak = 4 * batch * (2 * crop**3 + crop**2 * box + crop * box**2 + 2 * box**3)
+    available = _available_memory_bytes()
+    if available is not None and peak > 0.8 * available:
+        raise CryoNBError(
+            f"--box {box} ({crop}³ tomogram voxels per box) needs about {peak / 1e9:.1f} GB of memory, more than the "
+            f"{available / 1e9:.1f} GB available; choose a smaller --box (the models use 32)"
+        )
+    need = n * box**3 * 4 * (2 if write_mrcs else 1)
+    folder = Path(os.path.abspath(out))
+    while not folder.exists():
+        folder = folder.parent
+    free = shutil.disk_usage(folder).free
+    if need > free:
+        raise CryoNBError(
+            f"{out}: the output needs {need / 1e9:.1f} GB ({n} boxes of {box}³ float32"
+            f"{', twice with --mrc' if write_mrcs else ''}) but {folder} has {free / 1e9:.1f} GB free"
+        )
+
+
+def _duplicate_rows(coords: pd.DataFrame) -> list[tuple[int, int]]:
+    """(file row, earlier file row with the same x, y, z) for every repeated pick, to 0.001 voxel."""
+    key = coords[["x", "y", "z"]].round(3)
+    first_of = key.drop_duplicates().reset_index().merge(key.reset_index(), on=["x", "y", "z"], suffixes=("_first", ""))
+    rows = coords["row"].to_numpy()
+    return sorted((int(rows[i]), int(rows[j])) for i, j in zip(first_of["index"], first_of["index_first"]) if i != j)

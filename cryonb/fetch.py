@@ -5,6 +5,7 @@ Public surface: :func:`download_verified`, :func:`sha256_file`, :func:`file_dige
 A download goes to ``<dest>.part``. When a ``.part`` file is already there (an earlier
 run was interrupted) the remaining bytes are requested with an HTTP ``Range`` header;
 a server that ignores it (answers ``200`` instead of ``206``) gets a clean restart.
+Only ``http(s)`` URLs are fetched, and neither ``dest`` nor its ``.part`` may be a link or a special file.
 Only a file whose checksum matches (sha256, or md5 where a publisher such as Zenodo gives only
 that) is renamed onto ``dest`` (``os.replace``, atomic on
 one file system), so an existing good copy survives any failed or corrupt download.
@@ -19,14 +20,19 @@ import re
 import socket
 import sys
 import urllib.error
+import urllib.parse
 import urllib.request
 from pathlib import Path
 
 from tqdm import tqdm
 
+from cryonb.cache import file_digest
 from cryonb.errors import CryoNBError
 
-__all__ = ["download_verified", "sha256_file", "file_digest", "parse_checksum"]
+__all__ = ["download_verified", "sha256_file", "file_digest", "parse_checksum", "check_url"]
+
+#: URL schemes a download may use: no file:// (reads local files), data:, ftp: or others
+ALLOWED_SCHEMES = ("http", "https")
 
 _CHUNK_BYTES = 1 << 20
 _CONTENT_RANGE = re.compile(r"bytes\s+(\d+)-(\d+)/(\d+|\*)")
@@ -52,13 +58,27 @@ def parse_checksum(text: str, where: str = "checksum") -> tuple[str, str]:
     return algorithm, digest
 
 
-def file_digest(path: str | os.PathLike[str], algorithm: str = "sha256") -> str:
-    """Hex digest of a file's bytes, read in 1 MiB chunks (constant memory)."""
-    digest = hashlib.new(algorithm)
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(_CHUNK_BYTES), b""):
-            digest.update(chunk)
-    return digest.hexdigest()
+def check_url(url: str, where: str = "url") -> str:
+    """Return ``url`` if it is an ``http(s)://host/...`` address, else raise :class:`CryoNBError` naming ``where``."""
+    try:
+        parts = urllib.parse.urlsplit(str(url))
+    except ValueError as exc:  # e.g. an unbalanced '[' in the host
+        raise CryoNBError(f"{where}: url {url!r} is not a valid address ({exc})") from exc
+    if parts.scheme.lower() not in ALLOWED_SCHEMES or not parts.netloc:
+        raise CryoNBError(f"{where}: url {url!r}: expected an http:// or https:// address with a host")
+    return str(url)
+
+
+def _refuse_special(path: Path, what: str) -> None:
+    """Raise unless ``path`` is absent or a regular file that is not a symbolic link.
+
+    A device such as /dev/zero would never end a checksum; a link could carry a write elsewhere.
+    """
+    if path.is_symlink():
+        raise CryoNBError(f"{path}: {what} is a symbolic link; refusing to read or replace it (expected a plain file)")
+    if path.exists() and not path.is_file():
+        kind = "a directory" if path.is_dir() else "not a regular file (a device, pipe or socket)"
+        raise CryoNBError(f"{path}: {what} is {kind}; refusing to read or replace it")
 
 
 def sha256_file(path: str | os.PathLike[str]) -> str:
@@ -70,13 +90,24 @@ def _part_path(dest: Path) -> Path:
     return dest.with_suffix(dest.suffix + ".part")
 
 
+class _HttpOnlyRedirects(urllib.request.HTTPRedirectHandler):
+    """Follow redirects only to http(s): urllib's default also follows ``ftp://``."""
+
+    def redirect_request(self, req, fp, code, msg, headers, newurl):  # type: ignore[no-untyped-def]  # noqa: ANN001, ANN201
+        check_url(newurl, f"{req.full_url} redirects to")
+        return super().redirect_request(req, fp, code, msg, headers, newurl)
+
+
+_OPENER = urllib.request.build_opener(_HttpOnlyRedirects)
+
+
 def _open(url: str, offset: int, timeout_s: float) -> http.client.HTTPResponse:
     """Open ``url``, asking for bytes from ``offset`` on when ``offset > 0``."""
     headers = {"User-Agent": "cryonb-fetch"}
     if offset > 0:
         headers["Range"] = f"bytes={offset}-"
     try:
-        return urllib.request.urlopen(urllib.request.Request(url, headers=headers), timeout=timeout_s)
+        return _OPENER.open(urllib.request.Request(url, headers=headers), timeout=timeout_s)
     except urllib.error.HTTPError as exc:
         if exc.code == 416 and offset > 0:
             raise  # the caller decides: the .part file may already be complete, or stale
@@ -154,7 +185,7 @@ def download_verified(
     Parameters
     ----------
     url : str
-        ``http(s)://`` (or ``file://``) address of one file.
+        ``http://`` or ``https://`` address of one file; other schemes (``file://``, ``data:``) are refused.
     dest : path
         Final location. If it already holds a file with the right checksum nothing is downloaded.
     checksum : str
@@ -169,16 +200,20 @@ def download_verified(
     Raises
     ------
     CryoNBError
-        Unreachable URL or HTTP error, download still incomplete after ``attempts``
+        A URL that is not http(s), a destination (or its ``.part``) that is a link, folder or special
+        file, unreachable URL or HTTP error, download still incomplete after ``attempts``
         (the ``.part`` file is kept so the next call resumes), or a checksum mismatch
         (message names the URL, expected and actual digests; ``dest`` is untouched).
     """
     dest = Path(dest)
+    check_url(url)
     algorithm, expected = parse_checksum(checksum, url)
+    part = _part_path(dest)
+    _refuse_special(dest, "the download's destination")
+    _refuse_special(part, "the partial download")
     if dest.is_file() and file_digest(dest, algorithm) == expected:
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
-    part = _part_path(dest)
 
     restarted = False
     last_error = ""

@@ -11,7 +11,7 @@ from __future__ import annotations
 
 import contextlib
 import os
-import tempfile
+import secrets
 import warnings
 from collections.abc import Iterator
 from dataclasses import dataclass
@@ -30,6 +30,8 @@ __all__ = [
     "write_text_atomic",
     "save_npy_atomic",
     "check_volume",
+    "require_file",
+    "check_mrc_header",
 ]
 
 
@@ -53,15 +55,28 @@ def atomic_path(path: str | os.PathLike[str]) -> Iterator[Path]:
     """
     target = Path(path)
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp_name = tempfile.mkstemp(prefix=f".tmp-{target.name}.", suffix=target.suffix, dir=target.parent)
-    os.close(fd)
-    tmp = Path(tmp_name)
+    tmp = _new_temp_file(target)
     try:
         yield tmp
         os.replace(tmp, target)
     finally:
         if tmp.exists():
             tmp.unlink()
+
+
+def _new_temp_file(target: Path) -> Path:
+    """Create an empty, unique temporary file beside ``target``.
+
+    Not ``tempfile.mkstemp``: that creates mode 0600 whatever the umask, and the rename would pass
+    that mode on to the output. ``os.open`` with 0666 lets the umask decide, as for any new file.
+    """
+    while True:
+        tmp = target.parent / f".tmp-{target.name}.{secrets.token_hex(4)}{target.suffix}"
+        try:
+            os.close(os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o666))
+            return tmp
+        except FileExistsError:  # a name clash (1 in 4 billion): draw another
+            continue
 
 
 def write_text_atomic(path: str | os.PathLike[str], text: str) -> Path:
@@ -95,6 +110,37 @@ def check_volume(
             raise CryoNBError(f"{source}: {bad} voxel(s) are NaN or infinite")
 
 
+def require_file(path: str | os.PathLike[str], what: str) -> Path:
+    """``path`` as a Path if it is an existing regular file, else :class:`CryoNBError` saying what it is."""
+    p = Path(path)
+    if p.is_file():
+        return p
+    if p.is_dir():
+        raise CryoNBError(f"{p}: is a directory; expected {what}")
+    if p.exists():
+        raise CryoNBError(f"{p}: is not a regular file (a device, pipe or socket); expected {what}")
+    raise CryoNBError(f"{p}: no such {what}")
+
+
+def check_mrc_header(path: Path, header: np.recarray) -> None:
+    """Raise naming ``path`` for a header whose sizes are not positive or that describes an image stack.
+
+    Checked before the data are mapped: numpy turns a negative size into an OverflowError or a
+    'negative dimensions' ValueError that would not say which field is wrong.
+    """
+    sizes = {name: int(header[name]) for name in ("nx", "ny", "nz")}
+    bad = {k: v for k, v in sizes.items() if v < 1}
+    if bad:
+        fields = ", ".join(f"{k}={v}" for k, v in bad.items())
+        raise CryoNBError(f"{path}: corrupt MRC header: {fields}; expected sizes >= 1")
+    if int(header.ispg) == 0 and sizes["nz"] > 1:
+        raise CryoNBError(
+            f"{path}: an image stack (MRC space group ispg 0: {sizes['nz']} images of {sizes['ny']} x {sizes['nx']}), "
+            "not a volume; expected a 3-D map (ispg 1). If it is a volume, mark it as one: "
+            "mrcfile.open(path, 'r+').set_volume()"
+        )
+
+
 def read_mrc(
     path: str | os.PathLike[str],
     expected_shape: tuple[int, int, int] | None = None,
@@ -105,17 +151,17 @@ def read_mrc(
     Raises :class:`CryoNBError` for a missing, truncated or corrupt file, NaN/inf,
     a non-3-D map, a shape other than ``expected_shape`` or a missing voxel size.
     """
-    p = Path(path)
-    if not p.is_file():
-        raise CryoNBError(f"{p}: no such MRC file")
+    p = require_file(path, "MRC file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # mrcfile warns, not raises, on a bad header in permissive mode
+            with mrcfile.open(p, mode="r", header_only=True) as head:
+                check_mrc_header(p, head.header)
             with mrcfile.open(p, mode="r", permissive=False) as mrc:
                 data = np.asarray(mrc.data, dtype=np.float32).copy()
                 voxel_size_a = float(mrc.voxel_size.x)
                 is_volume = mrc.is_volume() or mrc.is_volume_stack()
-    except (ValueError, OSError, RuntimeWarning, EOFError) as exc:
+    except (ValueError, OSError, OverflowError, MemoryError, RuntimeWarning, EOFError) as exc:
         raise CryoNBError(f"{p}: corrupt or truncated MRC file ({exc})") from exc
     if not is_volume:
         raise CryoNBError(f"{p}: expected a 3-D volume (z, y, x), got an image with shape {data.shape}")

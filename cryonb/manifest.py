@@ -7,8 +7,11 @@ Public surface: :func:`load_manifest`, :func:`verify`, :func:`fetch`, :class:`Da
 - ``bundled``: files shipped in git (the PDB structures); path + sha256.
 - ``generated``: made by a recipe (``function`` + ``params``) and a seed; path, and the sha256 of the
   data set's payload once recorded. Absent files are fine: the notebooks regenerate them.
-- ``external``: public data a user may download; url + path + sha256, or md5 where the publisher gives
-  only that (Zenodo); ``data fetch`` then prints the sha256 to pin.
+- ``external``: public data a user may download; url (http or https) + path + sha256, or md5 where the
+  publisher gives only that (Zenodo); ``data fetch`` then prints the sha256 to pin.
+
+Every path is relative to the repository root (or the ``root`` given) and must stay inside it, also
+after following symbolic links; ``verify`` and ``fetch`` never read or replace a device, pipe or socket.
 """
 
 from __future__ import annotations
@@ -16,16 +19,18 @@ from __future__ import annotations
 import hashlib
 import os
 from dataclasses import dataclass, field
-from pathlib import Path
+from pathlib import Path, PurePosixPath, PureWindowsPath
 from typing import Any
 
 import yaml
 
+from cryonb.cache import file_digest
 from cryonb.errors import CryoNBError
-from cryonb.fetch import download_verified, file_digest
+from cryonb.fetch import check_url, download_verified, file_digest
 from cryonb.paths import repo_root, resolve
 
-__all__ = ["DataEntry", "VerifyResult", "load_manifest", "verify", "fetch", "sha256_path", "default_manifest_path"]
+__all__ = ["DataEntry", "VerifyResult", "load_manifest", "verify", "fetch", "sha256_path", "default_manifest_path",
+           "contained_path"]
 
 KINDS = ("bundled", "generated", "external")
 
@@ -50,16 +55,25 @@ class DataEntry:
 @dataclass(frozen=True)
 class VerifyResult:
     name: str
-    status: str  # "ok" | "mismatch" | "missing" | "unrecorded"
+    status: str  # "ok" | "mismatch" | "missing" | "unrecorded" | "refused"
     path: Path
     expected: str | None
     actual: str | None
+    note: str = ""  # why a path was refused, or what to do about a missing file
+    required: bool = False  # a bundled file: missing is a failure, not "generated on demand"
+
+    @property
+    def failed(self) -> bool:
+        return self.status in ("mismatch", "refused") or (self.status == "missing" and self.required)
 
     def line(self) -> str:
         if self.status == "mismatch":
             algorithm = "md5" if self.expected is not None and len(self.expected) == 32 else "sha256"
             return f"MISMATCH  {self.name}: {self.path} has {algorithm} {self.actual}, manifest expects {self.expected}"
-        return f"{self.status.upper():9s} {self.name}: {self.path}"
+        if self.status == "refused":
+            return f"REFUSED   {self.name}: {self.note}"
+        note = f" ({self.note})" if self.note else ""
+        return f"{self.status.upper():9s} {self.name}: {self.path}{note}"
 
 
 def default_manifest_path() -> Path:
@@ -74,6 +88,7 @@ def _entry(raw: Any, index: int, source: Path) -> DataEntry:
         if not isinstance(raw.get(key), str) or not raw[key]:
             raise CryoNBError(f"{where}: field {key!r} is missing or not a string")
     kind = raw["kind"]
+    _check_relative(raw["path"], f"{where} ({raw['name']})")
     if kind not in KINDS:
         raise CryoNBError(f"{where} ({raw['name']}): kind {kind!r} is not one of {', '.join(KINDS)}")
     sha = raw.get("sha256")
@@ -88,6 +103,8 @@ def _entry(raw: Any, index: int, source: Path) -> DataEntry:
         raise CryoNBError(f"{where} ({raw['name']}): an external data set needs a sha256 (or the publisher's md5)")
     if kind == "external" and not raw.get("url"):
         raise CryoNBError(f"{where} ({raw['name']}): an external data set needs a url")
+    if kind == "external":
+        check_url(raw["url"], f"{where} ({raw['name']})")
     if kind == "generated":
         recipe = raw.get("recipe")
         if not isinstance(recipe, dict) or "function" not in recipe:
@@ -107,6 +124,29 @@ def _entry(raw: Any, index: int, source: Path) -> DataEntry:
         description=str(raw.get("description", "")),
         extra={k: v for k, v in raw.items() if k not in known},
     )
+
+
+def _check_relative(path: str, where: str) -> None:
+    """Raise unless ``path`` is relative, names something below the root and has no '..' (any OS's spelling)."""
+    posix, windows = PurePosixPath(path), PureWindowsPath(path)
+    if posix.is_absolute() or windows.is_absolute() or windows.drive or not posix.parts or ".." in windows.parts:
+        raise CryoNBError(
+            f"{where}: path {path!r} must stay inside the repository: expected a relative path like "
+            "data/external/NAME, without '..'"
+        )
+
+
+def contained_path(entry: DataEntry, root: Path | None = None) -> Path:
+    """``entry``'s path under ``root`` (default: the repository); raises if it leads outside, links included."""
+    base = (root if root is not None else repo_root()).resolve()
+    path = entry.resolved_path(root)
+    real = path.resolve()  # follows every symbolic link on the way, existing or not
+    if real != base and base not in real.parents:
+        raise CryoNBError(
+            f"{entry.name}: {entry.path} leads to {real}, outside {base}; manifest paths must stay inside it "
+            "(is a folder on the way a symbolic link?)"
+        )
+    return path
 
 
 def load_manifest(path: str | os.PathLike[str] | None = None) -> list[DataEntry]:
@@ -131,33 +171,42 @@ def load_manifest(path: str | os.PathLike[str] | None = None) -> list[DataEntry]
 
 def sha256_path(path: Path) -> str:
     """sha256 of a file, or of a folder's files (sorted relative names and contents) for a data-set folder."""
+    if not path.is_dir():
+        return file_digest(path)
     digest = hashlib.sha256()
-    if path.is_dir():
-        for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".tmp")):
-            digest.update(f.relative_to(path).as_posix().encode())
-            digest.update(bytes.fromhex(sha256_path(f)))
-        return digest.hexdigest()
-    with open(path, "rb") as fh:
-        for chunk in iter(lambda: fh.read(1 << 20), b""):
-            digest.update(chunk)
+    for f in sorted(p for p in path.rglob("*") if p.is_file() and not p.name.startswith(".tmp")):
+        digest.update(f.relative_to(path).as_posix().encode())
+        digest.update(bytes.fromhex(file_digest(f)))
     return digest.hexdigest()
 
 
+def _verify_one(e: DataEntry, root: Path | None) -> VerifyResult:
+    required = e.kind == "bundled"
+    try:
+        p = contained_path(e, root)
+    except CryoNBError as exc:
+        return VerifyResult(e.name, "refused", e.resolved_path(root), e.sha256, None, str(exc), required)
+    if not p.exists():
+        note = f"bundled with the repository: restore it with `git checkout -- {e.path}`" if required else ""
+        return VerifyResult(e.name, "missing", p, e.sha256, None, note, required)
+    if not (p.is_file() or (p.is_dir() and e.kind == "generated")):
+        kind = "a folder" if p.is_dir() else "not a regular file (a device, pipe or socket)"
+        return VerifyResult(e.name, "refused", p, e.sha256, None, f"{p} is {kind}; expected a file", required)
+    if e.sha256 is None and e.md5 is not None:
+        expected, actual = e.md5, file_digest(p, "md5")
+    else:
+        expected, actual = e.sha256, sha256_path(p)
+    status = "unrecorded" if expected is None else ("ok" if actual == expected else "mismatch")
+    return VerifyResult(e.name, status, p, expected, actual, "", required)
+
+
 def verify(entries: list[DataEntry], root: Path | None = None) -> list[VerifyResult]:
-    """Check every present file against its checksum. Missing generated sets are reported, not errors."""
-    results = []
-    for e in entries:
-        p = e.resolved_path(root)
-        if not p.exists():
-            results.append(VerifyResult(e.name, "missing", p, e.sha256, None))
-            continue
-        if e.sha256 is None and e.md5 is not None:
-            expected, actual = e.md5, file_digest(p, "md5")
-        else:
-            expected, actual = e.sha256, sha256_path(p)
-        status = "unrecorded" if expected is None else ("ok" if actual == expected else "mismatch")
-        results.append(VerifyResult(e.name, status, p, expected, actual))
-    return results
+    """Check every present file against its checksum.
+
+    Missing generated or external sets are reported, not failures; a missing bundled file, a path leading
+    outside ``root`` and a special file (never read) are failures (:attr:`VerifyResult.failed`).
+    """
+    return [_verify_one(e, root) for e in entries]
 
 
 def fetch(entries: list[DataEntry], name: str, root: Path | None = None) -> Path:
@@ -170,4 +219,5 @@ def fetch(entries: list[DataEntry], name: str, root: Path | None = None) -> Path
         raise CryoNBError(f"data set {name!r} is {entry.kind}, not external: nothing to fetch")
     assert entry.url is not None
     checksum = f"sha256:{entry.sha256}" if entry.sha256 else f"md5:{entry.md5}"
-    return download_verified(entry.url, entry.resolved_path(root), checksum)
+    dest = contained_path(entry, root)  # never a download onto a file outside the data folder
+    return download_verified(entry.url, dest, checksum)

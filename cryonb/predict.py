@@ -25,6 +25,7 @@ from cryonb import checkpoints
 from cryonb.embedding import class_prototypes, embed, prototype_scores
 from cryonb.errors import CryoNBError
 from cryonb.io import read_mrc, save_npy_atomic, write_mrc, write_text_atomic
+from cryonb.outputs import MARKER
 
 __all__ = [
     "Subtomograms",
@@ -126,8 +127,14 @@ def read_support(folder: str | os.PathLike[str], box: int, voxel_size_a: float |
     f = Path(folder)
     if not f.is_dir():
         raise CryoNBError(f"{f}: no such support folder")
+    if (f / MARKER).is_file():  # e.g. `oneshot -o support/` once: its masks/ would become a class
+        raise CryoNBError(f"{f}: an output folder of cryonb ({MARKER}), not a support folder; put the example boxes in a folder of their own")
     files: dict[str, list[Path]] = {}
     for entry in sorted(f.iterdir()):
+        if entry.name.startswith("."):
+            continue  # hidden files and our temporaries are never classes
+        if entry.is_dir() and (entry / MARKER).is_file():  # e.g. the masks/ of an earlier oneshot output
+            raise CryoNBError(f"{entry}: an output folder of cryonb ({MARKER}), not a class of examples; move it out of the support folder {f}")
         if entry.is_dir():
             files[entry.name] = sorted(entry.glob("*.mrc"))
         elif entry.suffix.lower() == ".mrc":

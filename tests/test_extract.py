@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+import re
 import warnings
 from pathlib import Path
 
@@ -221,3 +223,211 @@ def test_multi_tomogram_star_needs_tomo_name(tmp_path: Path) -> None:
     assert list(got["row"]) == [0, 2] and list(got["x"]) == [1.0, 3.0]
     with pytest.raises(CryoNBError, match=r"p\.star: no particles for tomogram 'TS_9'"):
         read_coordinates(star, tomo_name="TS_9")
+
+
+# ---- output folders: guarded, written as one unit, our temporaries cleaned ---------------------
+
+def _extract_cli(tomo: Path, coords: Path, out: Path, *extra: str) -> int:
+    return cli_main(["extract", str(tomo), str(coords), "--box", "16", "-o", str(out), "--quiet", *extra])
+
+
+def test_foreign_non_empty_folder_is_refused_unless_overwrite_which_keeps_other_files(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, coords = _tomogram(tmp_path / "t.mrc"), _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "volumes.npy").write_bytes(b"user's own array")
+    (out / "notes.txt").write_text("keep me")
+    assert _extract_cli(tomo, coords, out) == 2
+    err = capsys.readouterr().err
+    assert f"cryonb extract: error: {out}: folder is not empty (notes.txt, volumes.npy) and not written by `cryonb extract`" in err
+    assert "pass --overwrite to replace meta.csv, mrc, volumes.npy there (other files are kept)" in err
+    assert (out / "volumes.npy").read_bytes() == b"user's own array"
+    assert _extract_cli(tomo, coords, out, "--overwrite") == 0
+    assert np.load(out / "volumes.npy").shape == (3, 16, 16, 16)
+    assert (out / "notes.txt").read_text() == "keep me"
+    assert json.loads((out / ".cryonb-output.json").read_text())["command"] == "extract"
+
+
+def test_output_folder_holding_an_input_or_a_data_set_is_refused_even_with_overwrite(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, coords = _tomogram(tmp_path / "t.mrc"), _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    out = tmp_path / "out"
+    assert _extract_cli(tomo, coords, out) == 0
+    before = (out / "meta.csv").read_bytes()
+    # the earlier output's meta.csv has x, y, z columns: a plausible, and fatal, coordinate file
+    assert _extract_cli(tomo, out / "meta.csv", out, "--overwrite") == 2
+    assert f"{out}: contains the input {out / 'meta.csv'}; the output would replace it" in capsys.readouterr().err
+    assert (out / "meta.csv").read_bytes() == before
+    dataset = tmp_path / "cssl-x-0123456789ab"
+    dataset.mkdir()
+    (dataset / "recipe.json").write_text("{}")
+    assert _extract_cli(tomo, coords, dataset, "--overwrite") == 2
+    assert "is a generated data set (recipe.json); choose another output folder" in capsys.readouterr().err
+    assert sorted(p.name for p in dataset.iterdir()) == ["recipe.json"]
+
+
+@pytest.mark.parametrize("exchange", [True, False])
+def test_rerun_replaces_the_whole_output_and_keeps_later_results(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, exchange: bool
+) -> None:
+    if not exchange:  # a system without renameat2(RENAME_EXCHANGE): two renames
+        monkeypatch.setattr("cryonb.outputs._exchange", lambda a, b: False)
+    tomo = _tomogram(tmp_path / "t.mrc")
+    out = tmp_path / "out"
+    assert _extract_cli(tomo, _csv(tmp_path / "c.csv", BLOBS_XYZ), out, "--mrc") == 0
+    (out / "classify").mkdir()  # a later step's results inside the folder are not extract's to delete
+    (out / "classify" / "predictions.csv").write_text("x\n")
+    assert _extract_cli(tomo, _csv(tmp_path / "c2.csv", BLOBS_XYZ[:1]), out) == 0
+    assert sorted(p.name for p in out.iterdir()) == [".cryonb-output.json", "classify", "meta.csv", "volumes.npy"]
+    assert np.load(out / "volumes.npy").shape == (1, 16, 16, 16)  # no mrc/ of the 3-box run is left
+    assert (out / "classify" / "predictions.csv").read_text() == "x\n"
+    assert not list(tmp_path.glob(".cryonb-tmp-*"))
+
+
+def test_interrupted_extraction_changes_nothing_and_says_it_starts_over(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    tomo, coords = _tomogram(tmp_path / "t.mrc"), _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    out = tmp_path / "out"
+    assert _extract_cli(tomo, coords, out, "--mrc") == 0
+    before = {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()}
+
+    def interrupted(*args: object, **kwargs: object) -> None:
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr("cryonb.extract.extract_boxes", interrupted)
+    assert _extract_cli(tomo, coords, out) == 130
+    err = capsys.readouterr().err
+    assert "cryonb extract: interrupted; nothing was changed" in err and "run again to start over" in err
+    assert "resume" not in err
+    assert {p.relative_to(out): p.read_bytes() for p in out.rglob("*") if p.is_file()} == before
+    assert not list(tmp_path.glob(".cryonb-tmp-*"))
+
+
+def test_temporary_of_a_killed_run_is_removed_and_a_live_one_kept(tmp_path: Path) -> None:
+    import subprocess
+    import sys
+
+    from cryonb.outputs import _host_tag
+
+    dead = subprocess.run([sys.executable, "-c", "import os; print(os.getpid())"], capture_output=True, text=True, check=True)
+    live = subprocess.Popen([sys.executable, "-c", "import sys; sys.stdin.read()"], stdin=subprocess.PIPE)
+    try:
+        stale = tmp_path / f".cryonb-tmp-{int(dead.stdout)}-{_host_tag()}-0000-out"
+        running = tmp_path / f".cryonb-tmp-{live.pid}-{_host_tag()}-1111-out"
+        other_output = tmp_path / f".cryonb-tmp-{int(dead.stdout)}-{_host_tag()}-2222-elsewhere"
+        for folder in (stale, running, other_output):
+            folder.mkdir()
+            (folder / "volumes.npy").write_bytes(b"\0" * 4096)  # what SIGKILL mid-extraction leaves
+        tomo, coords = _tomogram(tmp_path / "t.mrc"), _csv(tmp_path / "c.csv", BLOBS_XYZ)
+        assert _extract_cli(tomo, coords, tmp_path / "out") == 0
+        assert not stale.exists()
+        assert running.exists() and other_output.exists()
+    finally:
+        live.communicate(b"")
+
+
+def test_file_or_unwritable_place_as_output_is_a_clear_error(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tomo, coords = _tomogram(tmp_path / "t.mrc"), _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    afile = tmp_path / "afile"
+    afile.write_text("x")
+    assert _extract_cli(tomo, coords, afile) == 2
+    assert f"cryonb extract: error: {afile}: is a file, not a folder; expected an output folder (-o)" in capsys.readouterr().err
+    assert _extract_cli(tomo, coords, afile / "sub") == 2
+    assert f"cryonb extract: error: {afile / 'sub'}: cannot create the output folder there" in capsys.readouterr().err
+    assert afile.read_text() == "x"
+
+
+def test_cli_reports_an_os_error_with_its_path_and_no_traceback(
+    monkeypatch: pytest.MonkeyPatch, capsys: pytest.CaptureFixture[str]
+) -> None:
+    from cryonb.commands import export_mrc
+
+    def denied(args: object) -> int:  # what a read-only output folder gives deep inside a command
+        raise PermissionError(13, "Permission denied", "/ro/out/x.mrc")
+
+    monkeypatch.setattr(export_mrc, "main", denied)
+    assert cli_main(["export-mrc", "x", "0", "-o", "/ro/out/x.mrc"]) == 2
+    assert "cryonb export-mrc: error: /ro/out/x.mrc: Permission denied" in capsys.readouterr().err
+
+
+# ---- bad picks, boxes and voxel sizes -------------------------------------------------------
+
+def test_duplicate_picks_are_named_in_a_warning(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc")
+    coords = _csv(tmp_path / "c.csv", np.vstack([BLOBS_XYZ, BLOBS_XYZ[[0]], BLOBS_XYZ[[2]]]))
+    with pytest.warns(UserWarning, match=r"c\.csv: 2 duplicate pick\(s\) .*file row\(s\) 3 \(= row 0\), 4 \(= row 2\)"):
+        res = extract_subtomograms(tomo, coords, tmp_path / "o", box=16, progress=False)
+    assert res.n == 5 and res.duplicates == (3, 4)
+    assert _extract_cli(tomo, coords, tmp_path / "o2") == 0
+    assert "cryonb extract: warning: " in capsys.readouterr().err
+
+
+def test_box_far_larger_than_the_tomogram_is_refused(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    tomo, coords = _tomogram(tmp_path / "t.mrc"), _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    with pytest.raises(CryoNBError, match=r"--box 100 spans 200 tomogram voxels, more than twice every axis of .*t\.mrc \(96 x 72 x 40"):
+        extract_subtomograms(tomo, coords, tmp_path / "o", box=100, progress=False)
+    assert cli_main(["extract", str(tomo), str(coords), "--box", "1000", "-o", str(tmp_path / "o"), "--quiet"]) == 2
+    assert "--box 1000 spans 2000 tomogram voxels" in capsys.readouterr().err
+    assert not (tmp_path / "o").exists()
+
+
+def test_box_needing_more_memory_than_available_is_refused_before_allocating(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setattr("cryonb.extract._available_memory_bytes", lambda: 10_000_000)
+    tomo, coords = _tomogram(tmp_path / "t.mrc"), _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    with pytest.raises(CryoNBError, match=r"--box 32 \(64³ tomogram voxels per box\) needs about .* GB of memory, more than the 0\.0 GB available"):
+        extract_subtomograms(tomo, coords, tmp_path / "o", box=32, progress=False)
+    assert not (tmp_path / "o").exists()
+
+
+@pytest.mark.parametrize(("flag", "value", "message"), [
+    ("--voxel-size-a", "1e6", r"model voxel size \(--voxel-size-a\) is 1e\+06 Å; expected a voxel size between 0\.1 and 1000 Å"),
+    ("--voxel-size-a", "inf", r"model voxel size \(--voxel-size-a\) is inf Å; expected a voxel size between"),
+    ("--tomo-voxel-size-a", "1e-9", r"t\.mrc: tomogram voxel size given \(--tomo-voxel-size-a\) is 1e-09 Å; expected a voxel size between"),
+])
+def test_implausible_voxel_sizes_are_refused(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], flag: str, value: str, message: str
+) -> None:
+    tomo, coords = _tomogram(tmp_path / "t.mrc"), _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    assert _extract_cli(tomo, coords, tmp_path / "o", flag, value) == 2
+    assert re.search(message, capsys.readouterr().err)
+
+
+def test_empty_coordinate_file_and_directories_are_named(tmp_path: Path) -> None:
+    tomo = _tomogram(tmp_path / "t.mrc")
+    empty = tmp_path / "empty.csv"
+    empty.write_bytes(b"")
+    with pytest.raises(CryoNBError, match=r"empty\.csv: empty file; expected particle coordinates"):
+        extract_subtomograms(tomo, empty, tmp_path / "o", progress=False)
+    blank = tmp_path / "blank.csv"
+    blank.write_text("\n\n")
+    with pytest.raises(CryoNBError, match=r"blank\.csv: not a readable CSV file"):
+        read_coordinates(blank)
+    (tmp_path / "picks.star").mkdir()
+    with pytest.raises(CryoNBError, match=r"picks\.star: is a directory; expected coordinate file"):
+        read_coordinates(tmp_path / "picks.star")
+    with pytest.raises(CryoNBError, match=r"o: is a directory; expected tomogram file"):
+        (tmp_path / "o").mkdir()
+        extract_subtomograms(tmp_path / "o", empty, tmp_path / "out", progress=False)
+
+
+def test_bad_tomogram_headers_are_named(tmp_path: Path) -> None:
+    coords = _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    neg = _tomogram(tmp_path / "neg.mrc")
+    raw = bytearray(neg.read_bytes())
+    raw[0:4] = (-(2**31)).to_bytes(4, "little", signed=True)  # nx: an OverflowError when mapped
+    neg.write_bytes(bytes(raw))
+    with pytest.raises(CryoNBError, match=r"neg\.mrc: corrupt MRC header: nx=-2147483648; expected sizes >= 1"):
+        extract_subtomograms(neg, coords, tmp_path / "o", progress=False)
+    stack = tmp_path / "stack.mrc"
+    with mrcfile.new(stack) as mrc:
+        mrc.set_data(np.zeros(SHAPE, np.float32))
+        mrc.set_image_stack()
+        mrc.voxel_size = TOMO_A
+    with pytest.raises(CryoNBError, match=r"stack\.mrc: an image stack \(MRC space group ispg 0: 40 images of 72 x 96\), not a volume"):
+        extract_subtomograms(stack, coords, tmp_path / "o", progress=False)

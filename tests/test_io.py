@@ -1,5 +1,7 @@
 """MRC reading and writing: round trips, and every kind of bad input names the file and the problem."""
 
+import os
+import stat
 from pathlib import Path
 
 import mrcfile
@@ -93,3 +95,45 @@ def test_failed_write_keeps_previous_file(tmp_path: Path) -> None:
             raise RuntimeError("killed mid-write")
     np.testing.assert_array_equal(np.load(target), np.arange(3))
     assert sorted(p.name for p in tmp_path.iterdir()) == ["keep.npy"]
+
+
+# ---- headers and paths that used to give tracebacks or the wrong reason ----------------------
+
+def _with_header_int(path: Path, offset: int, value: int) -> Path:
+    raw = bytearray(path.read_bytes())
+    raw[offset : offset + 4] = int(value).to_bytes(4, "little", signed=True)
+    path.write_bytes(bytes(raw))
+    return path
+
+
+@pytest.mark.parametrize("nx", [-6, -(2**31)])
+def test_negative_size_in_header_is_named(tmp_path: Path, volume: np.ndarray, nx: int) -> None:
+    path = _with_header_int(write_mrc(tmp_path / "n.mrc", volume, 10.0), 0, nx)  # nx is the header's first word
+    with pytest.raises(CryoNBError, match=rf"n\.mrc: corrupt MRC header: nx={nx}; expected sizes >= 1"):
+        read_mrc(path)
+
+
+def test_image_stack_is_not_a_volume(tmp_path: Path, volume: np.ndarray) -> None:
+    with mrcfile.new(tmp_path / "stack.mrc") as m:
+        m.set_data(volume)
+        m.set_image_stack()  # ispg 0
+        m.voxel_size = 5.0
+    with pytest.raises(CryoNBError, match=r"stack\.mrc: an image stack \(MRC space group ispg 0: 8 images of 9 x 10\), not a volume"):
+        read_mrc(tmp_path / "stack.mrc")
+
+
+def test_directory_is_not_reported_missing(tmp_path: Path) -> None:
+    (tmp_path / "d.mrc").mkdir()
+    with pytest.raises(CryoNBError, match=r"d\.mrc: is a directory; expected MRC file"):
+        read_mrc(tmp_path / "d.mrc")
+
+
+@pytest.mark.parametrize(("umask", "mode"), [(0o022, 0o644), (0o077, 0o600), (0o002, 0o664)])
+def test_atomic_writes_get_the_umask_mode(tmp_path: Path, volume: np.ndarray, umask: int, mode: int) -> None:
+    old = os.umask(umask)
+    try:
+        written = [save_npy_atomic(tmp_path / "a.npy", volume), write_mrc(tmp_path / "v.mrc", volume, 10.0)]
+    finally:
+        os.umask(old)
+    for path in written:
+        assert stat.S_IMODE(path.stat().st_mode) == mode, path

@@ -1,5 +1,6 @@
 """The data manifest: good files verify, a changed byte is named, missing files and malformed manifests are clear."""
 
+import os
 from pathlib import Path
 
 import pytest
@@ -136,3 +137,80 @@ def test_repository_manifest_offers_a_real_tomogram() -> None:
     for e in real:
         assert e.url is not None and e.url.startswith("https://") and (e.sha256 or e.md5)
         assert e.path.startswith("data/external/")
+
+
+# ---- containment: paths, URLs and special files -------------------------------------------------
+
+@pytest.mark.parametrize("path", ["../x.bin", "/dev/zero", "data/../../x.bin", "C:/x.bin", "..\\\\x.bin", "."])
+def test_path_outside_the_repository_is_refused_at_load(tmp_path: Path, path: str) -> None:
+    body = f"datasets:\n  - {{name: e, kind: external, path: '{path}', url: 'https://h/x', sha256: {'a' * 64}}}\n"
+    with pytest.raises(CryoNBError, match=r"datasets\[0\] \(e\): path .* must stay inside the repository: expected a relative path"):
+        load_manifest(_manifest(tmp_path, body))
+
+
+@pytest.mark.parametrize("url", ["file:///etc/passwd", "data:text/plain,hello", "example.org/x.bin", "ftp://h/x", "http:///x"])
+def test_only_http_urls_are_accepted(tmp_path: Path, url: str) -> None:
+    body = f"datasets:\n  - {{name: e, kind: external, path: data/x.bin, url: '{url}', sha256: {'a' * 64}}}\n"
+    with pytest.raises(CryoNBError, match=r"\(e\): url .*: expected an http:// or https:// address with a host"):
+        load_manifest(_manifest(tmp_path, body))
+    from cryonb.fetch import download_verified
+
+    with pytest.raises(CryoNBError, match="expected an http:// or https:// address"):
+        download_verified(url, tmp_path / "x.bin", "0" * 64, progress=False)
+    assert not (tmp_path / "x.bin").exists()
+
+
+def test_cli_verify_refuses_escapes_and_special_files_and_fails_on_missing_bundled(
+    tmp_path: Path, capsys: pytest.CaptureFixture[str], monkeypatch: pytest.MonkeyPatch
+) -> None:
+    monkeypatch.setenv("CRYONB_ROOT", str(tmp_path / "repo"))
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "zero").symlink_to("/dev/zero")  # would hang a checksum
+    os.mkfifo(repo / "data" / "pipe")  # would block the open
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (repo / "data" / "ext").symlink_to(outside)
+    sha = "a" * 64
+    body = ("datasets:\n"
+            f"  - {{name: zero, kind: bundled, path: data/zero, sha256: {sha}}}\n"
+            f"  - {{name: pipe, kind: bundled, path: data/pipe, sha256: {sha}}}\n"
+            f"  - {{name: escape, kind: external, path: data/ext/x.bin, url: 'https://h/x', sha256: {sha}}}\n")
+    manifest = _manifest(tmp_path, body)
+    assert cli_main(["data", "verify", "--manifest", str(manifest)]) == 1
+    out = capsys.readouterr().out
+    assert f"REFUSED   zero: zero: data/zero leads to /dev/zero, outside {repo}" in out
+    assert f"REFUSED   pipe: {repo / 'data' / 'pipe'} is not a regular file (a device, pipe or socket)" in out
+    assert f"REFUSED   escape: escape: data/ext/x.bin leads to {outside / 'x.bin'}, outside {repo}" in out
+    # a bundled file that is simply gone fails too (it cannot be regenerated or fetched)
+    missing = _manifest(tmp_path, f"datasets:\n  - {{name: s, kind: bundled, path: data/s.pdb.gz, sha256: {sha}}}\n")
+    assert cli_main(["data", "verify", "--manifest", str(missing)]) == 1
+    out = capsys.readouterr().out
+    assert "MISSING   s: " in out and "restore it with `git checkout -- data/s.pdb.gz`" in out and "1 bundled missing" in out
+    # an absolute path is refused when the manifest is read: an error, not a hang
+    absolute = _manifest(tmp_path, f"datasets:\n  - {{name: z, kind: bundled, path: /dev/zero, sha256: {sha}}}\n")
+    assert cli_main(["data", "verify", "--manifest", str(absolute)]) == 2
+    assert "path '/dev/zero' must stay inside the repository" in capsys.readouterr().err
+
+
+def test_fetch_never_writes_through_a_link_outside_or_onto_a_special_file(tmp_path: Path) -> None:
+    from cryonb.fetch import download_verified
+
+    outside = tmp_path / "outside"
+    outside.mkdir()
+    (outside / "victim.bin").write_bytes(b"precious")
+    repo = tmp_path / "repo"
+    (repo / "data").mkdir(parents=True)
+    (repo / "data" / "ext").symlink_to(outside)
+    sha = "a" * 64
+    body = f"datasets:\n  - {{name: v, kind: external, path: data/ext/victim.bin, url: 'http://127.0.0.1:9/x', sha256: {sha}}}\n"
+    with pytest.raises(CryoNBError, match=r"v: data/ext/victim\.bin leads to .*outside.*victim\.bin, outside"):
+        fetch(load_manifest(_manifest(tmp_path, body)), "v", root=repo)
+    assert (outside / "victim.bin").read_bytes() == b"precious"
+    os.mkfifo(repo / "data" / "fifo.bin")
+    with pytest.raises(CryoNBError, match=r"fifo\.bin: the download's destination is not a regular file .*; refusing"):
+        download_verified("http://127.0.0.1:9/x", repo / "data" / "fifo.bin", sha, progress=False)
+    (repo / "data" / "link.bin.part").symlink_to(outside / "victim.bin")
+    with pytest.raises(CryoNBError, match=r"link\.bin\.part: the partial download is a symbolic link; refusing"):
+        download_verified("http://127.0.0.1:9/x", repo / "data" / "link.bin", sha, progress=False)
+    assert (outside / "victim.bin").read_bytes() == b"precious"

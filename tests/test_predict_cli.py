@@ -258,3 +258,40 @@ def test_silent_wrong_predictions_become_errors(tmp_path: Path, capsys: pytest.C
     at_13 = _cosnet_checkpoint(tmp_path / "cos13.pt", voxel_size_a=13.6)
     with pytest.raises(CryoNBError, match=r"cos13\.pt: model trained at 13\.6 Å voxels, the subtomograms are 10 Å; re-extract with --voxel-size-a 13\.6"):
         oneshot_predict(at_13, subtomos, support)
+
+
+def test_prediction_outputs_are_guarded_and_replaced_as_a_whole(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    sub = _subtomos(tmp_path / "sub")
+    ckpt = _cosnet_checkpoint(tmp_path / "cos.pt")
+    support = _support(tmp_path / "support", sub, {"alpha": [1], "beta": [4]})
+    # -o onto the input folder would replace what the predictions are read from: refused before the model runs
+    assert cli_main(["classify", str(sub), "--checkpoint", str(tmp_path / "none.pt"), "-o", str(sub)]) == 2
+    assert f"{sub}: contains the input {sub}; the output would replace it" in capsys.readouterr().err
+    dataset = tmp_path / "data-set"
+    dataset.mkdir()
+    (dataset / "recipe.json").write_text("{}")
+    (dataset / "masks.npy").write_bytes(b"the data set's masks")
+    args = ["oneshot", str(sub), "--support", str(support), "--checkpoint", str(ckpt)]
+    assert cli_main([*args, "-o", str(dataset), "--overwrite"]) == 2
+    assert "is a generated data set (recipe.json)" in capsys.readouterr().err
+    assert (dataset / "masks.npy").read_bytes() == b"the data set's masks"
+    # an earlier run's extra mask files do not survive a rerun (masks/ is replaced, not merged)
+    assert cli_main(args) == 0
+    stale = sub / "oneshot" / "masks" / "mask_000099.mrc"
+    stale.write_bytes(b"from an older, larger run")
+    assert cli_main(args) == 0
+    assert not stale.exists() and len(list((sub / "oneshot" / "masks").iterdir())) == 6
+
+
+def test_output_folders_never_become_support_classes(tmp_path: Path) -> None:
+    """Issue #14 item 5: a sub-folder of an earlier output (masks/) in the support folder is not a class."""
+    sub = _subtomos(tmp_path / "sub")
+    support = _support(tmp_path / "support", sub, {"alpha": [1], "beta": [4]})
+    (support / ".hidden").mkdir()
+    assert read_support(support, BOX, 10.0).names == ["alpha", "beta"]  # hidden entries are skipped
+    out = _support(support / "oneshot", sub, {"masks": [0]})
+    (out / ".cryonb-output.json").write_text('{"command": "oneshot"}')
+    with pytest.raises(CryoNBError, match=r"support/oneshot: an output folder of cryonb \(\.cryonb-output\.json\), not a class"):
+        read_support(support, BOX, 10.0)
+    with pytest.raises(CryoNBError, match=r"oneshot: an output folder of cryonb \(\.cryonb-output\.json\), not a support folder"):
+        read_support(out, BOX, 10.0)

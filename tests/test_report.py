@@ -3,6 +3,7 @@
 from pathlib import Path
 
 import pandas as pd
+import pytest
 
 from cryonb.report import CLAIMS, evaluate_claims, write_report
 
@@ -52,3 +53,15 @@ def test_report_file_lists_claims_and_deviations(tmp_path: Path) -> None:
     assert "Dice for every unseen class at SNR ∞" in text and "lowest class-mean Dice 0.940" in text
     assert "## Deviations from the papers" in text and "mean Dice change +0.025" in text
     assert (tmp_path / "tables" / "claims.csv").is_file()
+
+
+def test_cli_unknown_profile_is_an_error_and_writes_nothing(capsys: pytest.CaptureFixture[str]) -> None:
+    from cryonb.cli import main as cli_main
+    from cryonb.paths import repo_root
+
+    for name, message in (("nosuch", "unknown profile 'nosuch': no "), ("../params/smoke", "expected a name of letters, digits")):
+        assert cli_main(["report", "--profile", name]) == 2
+        err = capsys.readouterr().err
+        assert err.startswith(f"cryonb report: error: ") and message in err, err
+    assert "profiles are paper, quick, smoke" in (cli_main(["report", "--profile", "nosuch"]), capsys.readouterr().err)[1]
+    assert not (repo_root() / "results" / "nosuch").exists()

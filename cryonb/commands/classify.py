@@ -11,7 +11,8 @@ it records its class names, box and voxel size, which must match the subtomogram
 are read from it (weights_only loading).
 Writes OUT/predictions.csv (predicted class, softmax probability of every class, coordinates, border
 flag) and OUT/predictions.star (rlnCoordinateX/Y/Z, rlnClassNumber 1-based, rlnMaxValueProbDistribution).
-OUT defaults to SUBTOMOS/classify/.
+OUT defaults to SUBTOMOS/classify/; it is written as one unit and must be new, empty or an earlier
+classify output (--overwrite replaces those two files in any folder; other files there are kept).
 """
 
 from __future__ import annotations
@@ -19,7 +20,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cryonb.outputs import check_output_folder, output_folder
 from cryonb.predict import classify_predict, load_subtomograms, write_predictions
+
+#: an interrupted run starts over (the output folder is swapped in only when complete)
+RESUMABLE = False
+OUTPUTS = ("predictions.csv", "predictions.star")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -28,13 +34,19 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("-o", "--out", default=None, help="output folder (default: SUBTOMOS/classify)")
     parser.add_argument("--tomo-name", default=None, help="rlnTomoName to write into predictions.star")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty folder that is not a classify output")
 
 
 def main(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.subtomos) / "classify"
+    inputs = (args.subtomos, args.checkpoint)
+    overwrite = getattr(args, "overwrite", False)
+    check_output_folder(out, "classify", OUTPUTS, inputs, overwrite)  # before the model runs
     subtomos = load_subtomograms(args.subtomos)
     table = classify_predict(args.checkpoint, subtomos, batch_size=args.batch_size)
-    out = Path(args.out) if args.out else Path(args.subtomos) / "classify"
-    write_predictions(out, table, args.tomo_name)
+    with output_folder(out, "classify", OUTPUTS, inputs, overwrite) as tmp:
+        write_predictions(tmp, table, args.tomo_name)
     counts = table["predicted"].value_counts()
     summary = ", ".join(f"{name} {int(n)}" for name, n in counts.items())
     print(f"classified {len(table)} subtomograms ({summary}) → {out / 'predictions.csv'}")

@@ -2,7 +2,8 @@
 
 Example:
     python -m cryonb data list
-    python -m cryonb data verify            # checksum every present file; non-zero exit on a mismatch
+    python -m cryonb data verify            # checksum every present file; exit 1 on a mismatch, a missing
+                                            # bundled file or a path outside the repository
     python -m cryonb data fetch NAME        # download an external data set and verify it
 """
 
@@ -39,7 +40,10 @@ def main(args: argparse.Namespace) -> int:
     results = verify(entries)
     for r in results:
         print(r.line())
-    bad = [r for r in results if r.status == "mismatch"]
-    print(f"{len(results)} data sets: {sum(r.status == 'ok' for r in results)} ok, {len(bad)} mismatched, "
-          f"{sum(r.status == 'missing' for r in results)} missing (generated on demand or fetchable)")
+    bad = [r for r in results if r.failed]
+    print(f"{len(results)} data sets: {sum(r.status == 'ok' for r in results)} ok, "
+          f"{sum(r.status == 'mismatch' for r in results)} mismatched, "
+          f"{sum(r.status == 'refused' for r in results)} refused, "
+          f"{sum(r.status == 'missing' and r.required for r in results)} bundled missing, "
+          f"{sum(r.status == 'missing' and not r.required for r in results)} missing (generated on demand or fetchable)")
     return 1 if bad else 0

@@ -10,14 +10,21 @@ The tomogram is memory-mapped; each box is cut at round(box * voxel-size-a / tom
 voxels, resampled to --box in Fourier space and z-scored. Boxes reaching past the tomogram's
 edge are padded with their mean and flagged `border` in meta.csv, never dropped.
 
-Writes OUT/volumes.npy (N, box, box, box) float32, OUT/meta.csv and with --mrc OUT/mrc/*.mrc.
+Writes OUT/volumes.npy (N, box, box, box) float32, OUT/meta.csv and with --mrc OUT/mrc/*.mrc, as one
+unit: an interrupted run leaves OUT as it was. OUT must be new, empty or an earlier extract output
+(--overwrite replaces those files in any folder; other files there are kept).
 """
 
 from __future__ import annotations
 
 import argparse
+import sys
+import warnings
 
 from cryonb.extract import extract_subtomograms
+
+#: an interrupted extraction starts over (the output folder is swapped in only when complete)
+RESUMABLE = False
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -32,20 +39,29 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--tomo-name", default=None, help="keep only this rlnTomoName of a multi-tomogram STAR")
     parser.add_argument("--mrc", action="store_true", help="also write one MRC file per box")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
+    parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not an "
+                        "extract output (replaces volumes.npy, meta.csv, mrc/ there; keeps other files)")
 
 
 def main(args: argparse.Namespace) -> int:
-    result = extract_subtomograms(
-        args.tomogram,
-        args.coordinates,
-        args.out,
-        box=args.box,
-        voxel_size_a=args.voxel_size_a,
-        tomo_voxel_size_a=args.tomo_voxel_size_a,
-        tomo_name=args.tomo_name,
-        write_mrcs=args.mrc,
-        progress=not args.quiet,
-    )
+    with warnings.catch_warnings(record=True) as caught:
+        warnings.simplefilter("always", UserWarning)
+        try:
+            result = extract_subtomograms(
+                args.tomogram,
+                args.coordinates,
+                args.out,
+                box=args.box,
+                voxel_size_a=args.voxel_size_a,
+                tomo_voxel_size_a=args.tomo_voxel_size_a,
+                tomo_name=args.tomo_name,
+                write_mrcs=args.mrc,
+                progress=not args.quiet,
+                overwrite=args.overwrite,
+            )
+        finally:
+            for w in caught:  # one plain line each, not Python's file:line format
+                print(f"cryonb extract: warning: {w.message}", file=sys.stderr)
     print(
         f"extracted {result.n} subtomograms ({result.crop}³ tomogram voxels → {args.box}³ at "
         f"{args.voxel_size_a:g} Å), {result.n_border} at the border (padded, flagged) → {result.volumes.parent}"

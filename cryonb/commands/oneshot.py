@@ -12,7 +12,9 @@ The support folder holds one sub-folder of MRC volumes (or one <class>.mrc) per 
 classes, with the subtomograms' box and voxel size. Several volumes in a class are averaged (k-shot).
 Writes OUT/oneshot.csv (predicted class, match probability per class, coordinates, border flag) and,
 for a variant with the decoder, OUT/masks.npy and OUT/masks/mask_NNNNNN.mrc (mask probabilities).
-OUT defaults to SUBTOMOS/oneshot/. Checkpoints come from `python -m cryonb train cosnet` (or notebook 07).
+OUT defaults to SUBTOMOS/oneshot/; it is written as one unit (no mask of an earlier run remains) and
+must be new, empty or an earlier oneshot output (--overwrite replaces oneshot.csv, masks.npy and masks/ in
+any folder; other files there are kept). Checkpoints come from `python -m cryonb train cosnet` (or notebook 07).
 """
 
 from __future__ import annotations
@@ -20,7 +22,12 @@ from __future__ import annotations
 import argparse
 from pathlib import Path
 
+from cryonb.outputs import check_output_folder, output_folder
 from cryonb.predict import load_subtomograms, oneshot_predict, read_support, write_oneshot
+
+#: an interrupted run starts over (the output folder is swapped in only when complete)
+RESUMABLE = False
+OUTPUTS = ("oneshot.csv", "masks.npy", "masks")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -29,14 +36,20 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="COS-Net checkpoint (.pt) from `python -m cryonb train cosnet` (runs/<profile>/cosnet/)")
     parser.add_argument("-o", "--out", default=None, help="output folder (default: SUBTOMOS/oneshot)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--overwrite", action="store_true",
+                        help="write into a non-empty folder that is not a oneshot output")
 
 
 def main(args: argparse.Namespace) -> int:
+    out = Path(args.out) if args.out else Path(args.subtomos) / "oneshot"
+    inputs = (args.subtomos, args.support, args.checkpoint)
+    overwrite = getattr(args, "overwrite", False)
+    check_output_folder(out, "oneshot", OUTPUTS, inputs, overwrite)  # before the model runs
     subtomos = load_subtomograms(args.subtomos)
     support = read_support(args.support, subtomos.volumes.shape[1], subtomos.voxel_size_a)
     table, masks = oneshot_predict(args.checkpoint, subtomos, support, batch_size=args.batch_size)
-    out = Path(args.out) if args.out else Path(args.subtomos) / "oneshot"
-    write_oneshot(out, table, masks, subtomos.voxel_size_a)
+    with output_folder(out, "oneshot", OUTPUTS, inputs, overwrite) as tmp:
+        write_oneshot(tmp, table, masks, subtomos.voxel_size_a)
     counts = table["predicted"].value_counts().reindex(support.names, fill_value=0)
     summary = ", ".join(f"{name} {int(n)}" for name, n in counts.items())
     print(f"classified {len(table)} subtomograms against {len(support.names)} classes ({summary}) → {out / 'oneshot.csv'}"

@@ -7,20 +7,37 @@ Folder contents: ``volumes.npy`` (n, c, c, c) float32 z-scored subtomograms, ``m
 recipe, sizes, sha256 of each file). Generation streams chunks into memory-mapped arrays inside
 ``<folder>.partial/`` (resumable after an interruption) and renames the folder when complete.
 
+Integrity: each chunk's sha256 is recorded as it is written, so a resumed run keeps only chunks that
+are intact (a truncated or altered array, a lost rows file: those chunks are generated again). A
+finished set is checked against the sha256s in ``recipe.json`` when opened; a stamp beside it
+(``.<folder>.verified.json``, keyed by size, mtime and ctime) spares the next opens the hashing.
+One process at a time generates a set: the others wait on ``.<folder>.lock`` (``flock``).
+
 Seeds: sample ``i`` uses ``SeedSequence(seed, spawn_key=(i,))``, so the data do not depend on the
 number of worker processes or the chunking.
 """
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import math
 import multiprocessing as mp
 import os
 import shutil
+import socket
+import sys
+import time
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
+
+try:
+    import fcntl
+except ImportError:  # Windows: no flock; concurrent generation of one set is then unguarded
+    fcntl = None  # type: ignore[assignment]
 
 import numpy as np
 import pandas as pd
@@ -49,6 +66,7 @@ __all__ = [
     "load_dataset",
     "simulate_sample",
     "load_maps",
+    "verify_dataset",
 ]
 
 #: COS-Net unseen (test-only) classes: the five structures outside the CSSL set, so that an encoder
@@ -85,6 +103,8 @@ class DatasetRecipe:
             raise CryoNBError("recipe classes: expected at least one PDB id")
         if len(set(self.classes)) != len(self.classes):
             raise CryoNBError(f"recipe classes {self.classes}: duplicates")
+        if isinstance(self.seed, bool) or int(self.seed) != self.seed or self.seed < 0:
+            raise CryoNBError(f"seed={self.seed!r}: expected an integer >= 0")
         if int(self.n_per_class) < 1:
             raise CryoNBError(f"n_per_class={self.n_per_class}: expected an integer >= 1")
         missing = [c for c in self.unseen_classes if c not in self.classes]
@@ -150,22 +170,30 @@ class SubtomoDataset:
     meta: DataFrame, one row per subtomogram (class_id, pdb_id, split, class_split, snr, ...).
     """
 
-    def __init__(self, root: str | os.PathLike[str]) -> None:
+    def __init__(self, root: str | os.PathLike[str], verify: bool = True) -> None:
         self.root = Path(root)
         info_path = self.root / "recipe.json"
         if not info_path.is_file():
             raise CryoNBError(f"{self.root}: not a generated data set (no recipe.json)")
-        self.info: dict[str, Any] = json.loads(info_path.read_text())
-        self.recipe = DatasetRecipe.from_dict(self.info["recipe"])
-        self.volumes = np.load(self.root / "volumes.npy", mmap_mode="r")
-        self.masks = np.load(self.root / "masks.npy", mmap_mode="r")
-        self.meta = pd.read_csv(self.root / "meta.csv", keep_default_na=False)
-        self.meta["snr"] = self.meta["snr"].astype(float)
-        self.meta["snr_measured"] = self.meta["snr_measured"].astype(float)
+        try:
+            self.info: dict[str, Any] = json.loads(info_path.read_text())
+            self.recipe = DatasetRecipe.from_dict(self.info["recipe"])
+        except (ValueError, KeyError, TypeError) as exc:
+            raise _damaged(self.root, f"recipe.json is unreadable ({exc})") from exc
+        if verify:
+            verify_dataset(self.root, self.info)
+        try:
+            self.volumes = np.load(self.root / "volumes.npy", mmap_mode="r")
+            self.masks = np.load(self.root / "masks.npy", mmap_mode="r")
+            self.meta = pd.read_csv(self.root / "meta.csv", keep_default_na=False)
+            self.meta["snr"] = self.meta["snr"].astype(float)
+            self.meta["snr_measured"] = self.meta["snr_measured"].astype(float)
+        except (ValueError, OSError, KeyError, pd.errors.ParserError) as exc:
+            raise _damaged(self.root, f"a file cannot be read ({exc})") from exc
         self.classes: list[str] = list(self.recipe.classes)
         if len(self.meta) != len(self.volumes) or self.volumes.shape != self.masks.shape:
-            raise CryoNBError(f"{self.root}: volumes {self.volumes.shape}, masks {self.masks.shape} and "
-                              f"meta ({len(self.meta)} rows) disagree; delete the folder to regenerate")
+            raise _damaged(self.root, f"volumes {self.volumes.shape}, masks {self.masks.shape} and "
+                                      f"meta ({len(self.meta)} rows) disagree")
 
     def __len__(self) -> int:
         return len(self.meta)
@@ -246,6 +274,15 @@ def simulate_sample(recipe: DatasetRecipe, index: int, maps: list[MoleculeMap]) 
 
 
 _WORKER: dict[str, Any] = {}
+#: the arrays of a data set and their dtypes, (n, c, c, c) each
+_ARRAYS = (("volumes.npy", np.float32), ("masks.npy", np.uint8))
+#: a verified stamp is trusted only for files last changed this long before it was written: file
+#: times are coarse (a write right after the check could keep the same mtime), as git's "racy" entries
+_STAMP_MARGIN_NS = 2_000_000_000
+
+
+def _damaged(folder: Path, what: str) -> CryoNBError:
+    return CryoNBError(f"{folder}: damaged data set: {what}; delete the folder {folder} and run again to regenerate it")
 
 
 def _init_worker(recipe_dict: dict[str, Any], maps: list[MoleculeMap], partial: Path) -> None:
@@ -257,8 +294,16 @@ def _init_worker(recipe_dict: dict[str, Any], maps: list[MoleculeMap], partial: 
     _WORKER["masks"] = np.load(partial / "masks.npy", mmap_mode="r+")
 
 
-def _run_chunk(bounds: tuple[int, int]) -> tuple[int, int, list[dict[str, Any]]]:
-    """Simulate samples [start, stop), write them into the arrays and flush; returns (start, stop, rows)."""
+def _chunk_digest(volumes: np.ndarray, masks: np.ndarray, start: int, stop: int) -> str:
+    """sha256 of samples [start, stop) of both arrays, as stored."""
+    h = hashlib.sha256()
+    h.update(memoryview(np.ascontiguousarray(volumes[start:stop])).cast("B"))
+    h.update(memoryview(np.ascontiguousarray(masks[start:stop])).cast("B"))
+    return h.hexdigest()
+
+
+def _run_chunk(bounds: tuple[int, int]) -> tuple[int, int, list[dict[str, Any]], str]:
+    """Simulate samples [start, stop), write them into the arrays and flush; returns (start, stop, rows, sha256)."""
     recipe, maps = _WORKER["recipe"], _WORKER["maps"]
     volumes, masks = _WORKER["volumes"], _WORKER["masks"]
     rows = []
@@ -267,41 +312,240 @@ def _run_chunk(bounds: tuple[int, int]) -> tuple[int, int, list[dict[str, Any]]]
         rows.append(row)
     volumes.flush()
     masks.flush()
-    return bounds[0], bounds[1], rows
+    return bounds[0], bounds[1], rows, _chunk_digest(volumes, masks, *bounds)
+
+
+def _npy_layout(path: Path) -> tuple[tuple[int, ...], np.dtype, int] | None:
+    """(shape, dtype, data offset) from a .npy header, or None when the header is unreadable."""
+    try:
+        with open(path, "rb") as fh:
+            version = np.lib.format.read_magic(fh)
+            read = np.lib.format.read_array_header_1_0 if version == (1, 0) else np.lib.format.read_array_header_2_0
+            shape, fortran, dtype = read(fh)
+            return (tuple(shape), np.dtype(dtype), fh.tell()) if not fortran else None
+    except (OSError, ValueError, EOFError):
+        return None
+
+
+def _array_problem(path: Path, shape: tuple[int, ...], dtype: type) -> tuple[str, str] | None:
+    """What is wrong with the .npy file at ``path``, as (kind, message); None if it is whole.
+
+    kind "layout": no readable header, or another shape or dtype. kind "size": the right header but
+    another file size, which numpy would map regardless (a short file read as zeros).
+    """
+    layout = _npy_layout(path) if path.is_file() else None
+    if layout is None:
+        return "layout", f"{path.name} is missing or has no readable .npy header"
+    got_shape, got_dtype, offset = layout
+    if got_shape != shape or got_dtype != np.dtype(dtype):
+        return "layout", f"{path.name} holds {got_shape} {got_dtype}, expected {shape} {np.dtype(dtype)}"
+    expected = offset + int(np.prod(shape)) * np.dtype(dtype).itemsize
+    size = path.stat().st_size
+    if size != expected:
+        return "size", f"{path.name} is {size} bytes, expected {expected}"
+    return None
+
+
+def _file_keys(root: Path, names: list[str]) -> dict[str, list[int]]:
+    keys = {}
+    for name in names:
+        st = (root / name).stat()
+        keys[name] = [st.st_size, st.st_mtime_ns, st.st_ctime_ns, st.st_ino]
+    return keys
+
+
+def _stamp_path(root: Path) -> Path:
+    return root.with_name(f".{root.name}.verified.json")
+
+
+def verify_dataset(root: str | os.PathLike[str], info: dict[str, Any] | None = None) -> None:
+    """Raise a :class:`CryoNBError` naming the folder to delete unless the data set's files are whole.
+
+    Checks the arrays' shapes and sizes against ``recipe.json`` and every file's sha256 against the one
+    recorded there. A successful check writes a stamp beside the folder; while the files keep their size,
+    mtime and ctime the stamp stands for the check (no re-hashing on every open).
+    """
+    root = Path(root)
+    if info is None:
+        info = json.loads((root / "recipe.json").read_text())
+    if "n" in info and "crop_size" in info:
+        n, c = int(info["n"]), int(info["crop_size"])
+        for name, dtype in _ARRAYS:
+            problem = _array_problem(root / name, (n, c, c, c), dtype)
+            if problem:
+                raise _damaged(root, problem[1])
+    expected: dict[str, str] = info.get("sha256") or {}
+    if not expected:
+        return  # written before checksums were recorded: sizes are all we can check
+    missing = [f for f in expected if not (root / f).is_file()]
+    if missing:
+        raise _damaged(root, f"{', '.join(missing)} missing")
+    keys = _file_keys(root, sorted(expected))
+    stamp_path = _stamp_path(root)
+    with contextlib.suppress(OSError, ValueError):
+        stamp = json.loads(stamp_path.read_text())
+        settled = all(max(k[1], k[2]) < stamp["verified_ns"] - _STAMP_MARGIN_NS for k in keys.values())
+        if stamp.get("files") == keys and stamp.get("sha256") == expected and settled:
+            return
+    for name, digest in sorted(expected.items()):
+        actual = file_digest(root / name)
+        if actual != digest:
+            raise _damaged(root, f"{name} has sha256 {actual[:16]}..., recipe.json records {digest[:16]}...")
+    stamp = {"files": keys, "sha256": expected, "verified_ns": time.time_ns()}
+    with contextlib.suppress(OSError):  # a read-only data folder: verify again next time
+        write_text_atomic(stamp_path, json.dumps(stamp))
+
+
+def _read_done(done_path: Path) -> dict[int, dict[str, Any]]:
+    """Finished chunks of an interrupted run: {start: {"stop", "sha256"}}; {} when absent or unusable.
+
+    A list (written before chunk digests were recorded) cannot be checked, so its chunks are redone.
+    """
+    try:
+        raw = json.loads(done_path.read_text())
+    except (OSError, ValueError):
+        return {}
+    if not isinstance(raw, dict):
+        return {}
+    done = {}
+    for key, rec in raw.items():
+        if isinstance(rec, dict) and isinstance(rec.get("stop"), int) and isinstance(rec.get("sha256"), str):
+            with contextlib.suppress(ValueError):
+                done[int(key)] = rec
+    return done
+
+
+def _rows_intact(path: Path, start: int, stop: int) -> bool:
+    try:
+        rows = pd.read_csv(path, keep_default_na=False)
+    except (OSError, ValueError, pd.errors.ParserError):
+        return False
+    return "index" in rows and list(rows["index"]) == list(range(start, stop))
+
+
+def _resume(partial: Path, n: int, c: int, chunks_all: list[tuple[int, int]]) -> dict[int, dict[str, Any]]:
+    """The intact chunks of an interrupted run in ``partial``; creates or repairs the arrays as needed.
+
+    A chunk counts only if its rows file reads back and the arrays still hold the bytes whose sha256 was
+    recorded: a truncated, zero-padded or altered chunk, or a lost rows file, is generated again.
+    """
+    shape = (n, c, c, c)
+    done = _read_done(partial / "chunks_done.json")
+    problems = {name: _array_problem(partial / name, shape, dtype) for name, dtype in _ARRAYS}
+    notes = [p[1] for p in problems.values() if p] if done else []  # nothing to report for a fresh start
+    if not done or any(p and p[0] == "layout" for p in problems.values()):
+        for name, dtype in _ARRAYS:  # create the arrays; the workers fill them in place
+            np.lib.format.open_memmap(partial / name, mode="w+", dtype=dtype, shape=shape)  # header + zeros
+        done = {}
+    else:
+        for name, dtype in _ARRAYS:
+            if problems[name]:  # only the length is wrong: restore it; the chunk digests find what was lost
+                layout = _npy_layout(partial / name)
+                assert layout is not None
+                os.truncate(partial / name, layout[2] + int(np.prod(shape)) * np.dtype(dtype).itemsize)
+        volumes = np.load(partial / "volumes.npy", mmap_mode="r")
+        masks = np.load(partial / "masks.npy", mmap_mode="r")
+        bounds = set(chunks_all)
+        kept = {start: rec for start, rec in done.items()
+                if (start, rec["stop"]) in bounds
+                and _rows_intact(partial / "rows" / f"{start:08d}.csv", start, rec["stop"])
+                and _chunk_digest(volumes, masks, start, rec["stop"]) == rec["sha256"]}
+        del volumes, masks
+        if len(kept) < len(done):
+            notes.append(f"{len(done) - len(kept)} of {len(done)} finished chunk(s) are damaged or lost their rows file")
+        done = kept
+    if notes:
+        print(f"{partial}: {'; '.join(notes)}; generating those samples again", file=sys.stderr)
+    return done
+
+
+def _holder(lock_path: Path) -> str:
+    """Who holds the lock, from what the holder wrote into it."""
+    try:
+        info = json.loads(lock_path.read_text())
+        return f"pid {info['pid']} on host {info['host']} since {info['since']}"
+    except (OSError, ValueError, KeyError, TypeError):
+        return "another process"
+
+
+@contextlib.contextmanager
+def _generation_lock(root: Path, timeout_s: float | None) -> Iterator[None]:
+    """Hold ``.<folder>.lock`` beside ``root`` while generating it; another process waits for it.
+
+    timeout_s: give up with a :class:`CryoNBError` after this many seconds (None: wait as long as needed).
+    The kernel releases an ``flock`` when its process ends, however it ends: no stale locks.
+    """
+    if fcntl is None:
+        yield
+        return
+    lock_path = root.with_name(f".{root.name}.lock")
+    lock_path.parent.mkdir(parents=True, exist_ok=True)
+    fd = os.open(lock_path, os.O_RDWR | os.O_CREAT, 0o666)
+
+    def acquired() -> bool:
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            return True
+        except BlockingIOError:
+            return False
+
+    try:
+        if not acquired():
+            holder = _holder(lock_path)
+            deadline = None if timeout_s is None else time.monotonic() + timeout_s
+            print(f"{root.name}: being generated by {holder} ({lock_path}); waiting for it to finish", file=sys.stderr)
+            while not acquired():
+                if deadline is not None and time.monotonic() >= deadline:
+                    raise CryoNBError(
+                        f"{root}: being generated by {holder}; gave up waiting after {timeout_s:g} s. "
+                        f"The lock {lock_path} is released when that process ends; run again then"
+                    )
+                time.sleep(0.2)
+        me = {"pid": os.getpid(), "host": socket.gethostname(), "since": time.strftime("%Y-%m-%d %H:%M:%S")}
+        os.ftruncate(fd, 0)
+        os.pwrite(fd, json.dumps(me).encode(), 0)
+        yield
+    finally:
+        os.close(fd)  # releases the lock
 
 
 def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_workers: int | None = None,
-                     chunk_size: int = 32, progress: bool = True) -> Path:
+                     chunk_size: int = 32, progress: bool = True, lock_timeout_s: float | None = None) -> Path:
     """Generate the data set into ``root`` (resumable via ``root.partial``); returns ``root``.
 
     n_workers: worker processes (default: min(2, cpu count); 1 = in this process). Results do not
-    depend on it. Peak memory: one chunk per worker plus the molecule maps.
+    depend on it. Peak memory: one chunk per worker plus the molecule maps. lock_timeout_s: how long
+    to wait while another process generates the same folder (None: as long as it takes).
     """
     root = Path(root)
+    with _generation_lock(root, lock_timeout_s):
+        return _generate(recipe, root, n_workers, chunk_size, progress)
+
+
+def _generate(recipe: DatasetRecipe, root: Path, n_workers: int | None, chunk_size: int, progress: bool) -> Path:
+    """:func:`generate_dataset` with the lock held."""
     partial = root.with_name(root.name + ".partial")
-    partial.mkdir(parents=True, exist_ok=True)
+    try:
+        partial.mkdir(parents=True, exist_ok=True)
+        (partial / "rows").mkdir(exist_ok=True)
+    except (FileExistsError, NotADirectoryError) as exc:
+        raise CryoNBError(f"{partial}: expected the folder of a partial data set; delete {partial} and run again") from exc
     maps = load_maps(recipe)
     prepare(recipe.simulation)  # once here, not in every worker
     n, c = recipe.n_total, recipe.simulation.crop_size
     done_path = partial / "chunks_done.json"
-    done: set[int] = set(json.loads(done_path.read_text())) if done_path.is_file() else set()
-    mode = "r+" if done and (partial / "volumes.npy").is_file() else "w+"
-    if mode == "w+":
-        done = set()
-    if mode == "w+":  # create the arrays; the workers fill them in place
-        for name, dtype in (("volumes.npy", np.float32), ("masks.npy", np.uint8)):
-            np.lib.format.open_memmap(partial / name, mode="w+", dtype=dtype, shape=(n, c, c, c))  # header + zeros
-    (partial / "rows").mkdir(exist_ok=True)
     chunks_all = [(s, min(s + chunk_size, n)) for s in range(0, n, chunk_size)]
+    done = _resume(partial, n, c, chunks_all)
+    write_text_atomic(done_path, json.dumps({str(k): v for k, v in sorted(done.items())}))
     chunks = [ch for ch in chunks_all if ch[0] not in done]
     workers = n_workers if n_workers is not None else min(2, os.cpu_count() or 1)
     bar = tqdm(total=n, initial=n - sum(b - a for a, b in chunks), desc=recipe.name, disable=not progress, unit="subtomo")
 
-    def store(result: tuple[int, int, list[dict[str, Any]]]) -> None:
-        start, stop, rows = result  # the arrays were written and flushed by the worker
+    def store(result: tuple[int, int, list[dict[str, Any]], str]) -> None:
+        start, stop, rows, digest = result  # the arrays were written and flushed by the worker
         pd.DataFrame(rows).to_csv(partial / "rows" / f"{start:08d}.csv", index=False)
-        done.add(start)
-        write_text_atomic(done_path, json.dumps(sorted(done)))
+        done[start] = {"stop": stop, "sha256": digest}
+        write_text_atomic(done_path, json.dumps({str(k): v for k, v in sorted(done.items())}))
         bar.update(stop - start)
         if len(done) < len(chunks_all):
             budget.check(f"{len(done)}/{len(chunks_all)} chunks of {recipe.name} ({partial})")
@@ -321,8 +565,11 @@ def generate_dataset(recipe: DatasetRecipe, root: str | os.PathLike[str], n_work
             for result in pool.imap(_run_chunk, chunks):
                 store(result)
     bar.close()
-    meta = pd.concat([pd.read_csv(p, keep_default_na=False) for p in sorted((partial / "rows").glob("*.csv"))])
+    meta = pd.concat([pd.read_csv(partial / "rows" / f"{a:08d}.csv", keep_default_na=False) for a, _ in chunks_all])
     meta = meta.sort_values("index").reset_index(drop=True)
+    if list(meta["index"]) != list(range(n)):  # cannot happen unless files changed under us
+        raise CryoNBError(f"{partial}: the rows files hold {len(meta)} rows, expected samples 0..{n - 1}; "
+                          f"delete the folder {partial} and run again")
     split, class_split = _splits(recipe)
     meta.insert(3, "split", split)
     meta.insert(4, "class_split", class_split)
@@ -352,10 +599,17 @@ def load_dataset(root_or_recipe: str | os.PathLike[str] | DatasetRecipe) -> Subt
 
 
 def ensure_dataset(recipe: DatasetRecipe, n_workers: int | None = None, progress: bool = True,
-                   root_dir: str | os.PathLike[str] | None = None) -> SubtomoDataset:
-    """Load the data set of ``recipe`` if present, else generate it first (see :func:`generate_dataset`)."""
+                   root_dir: str | os.PathLike[str] | None = None, lock_timeout_s: float | None = None) -> SubtomoDataset:
+    """Load the data set of ``recipe`` if present, else generate it first (see :func:`generate_dataset`).
+
+    A present set is checked against its recorded checksums (:func:`verify_dataset`); a damaged one
+    raises a :class:`CryoNBError` naming the folder to delete. While another process generates the same
+    set this one waits for it (``lock_timeout_s``: at most that long) and then reuses its result.
+    """
     base = resolve(root_dir) if root_dir is not None else generated_dir()
     root = base / recipe.folder_name
     if not (root / "recipe.json").is_file():
-        generate_dataset(recipe, root, n_workers=n_workers, progress=progress)
+        with _generation_lock(root, lock_timeout_s):
+            if not (root / "recipe.json").is_file():  # not finished by the process we waited for
+                _generate(recipe, root, n_workers, 32, progress)
     return SubtomoDataset(root)
