@@ -170,12 +170,14 @@ def best_in_most(diff: np.ndarray, alpha: float = ALPHA) -> tuple[np.ndarray, np
 
 def crossed_bootstrap(values: np.ndarray, classes: np.ndarray, n_boot: int = 2000, seed: int = 0, level: float = 0.95
                       ) -> tuple[float, float, float]:
-    """Mean and bootstrap interval of ``values`` (models × volumes), resampling the independent units.
+    """Mean and interval of ``values`` (models × volumes) from a bootstrap over the independent units.
 
     values : (seeds, volumes) one score per trained model and test volume (NaN where a volume was not scored);
     classes : (volumes,) class of each volume. Each draw resamples models with replacement and, independently,
     classes and then volumes within each drawn class (models and volumes are crossed: every model scores the
-    same volumes). Returns (mean, low, high) of the percentile interval.
+    same volumes). The interval is mean ± t(classes − 1) · √(C / (C − 1)) · bootstrap SE: with 8 classes a
+    percentile interval is too narrow (one-sided miss rate 4.5 % for a nominal 2.5 % in
+    ``tests/test_verdicts.py``'s simulation), this one is not (1.8 %). Returns (mean, low, high).
     """
     values = np.atleast_2d(np.asarray(values, dtype=float))
     classes = np.asarray(classes)
@@ -196,8 +198,11 @@ def crossed_bootstrap(values: np.ndarray, classes: np.ndarray, n_boot: int = 200
     with np.errstate(invalid="ignore", divide="ignore"):
         draws = num / den
     mean = float(np.nanmean(values))
-    low, high = np.nanpercentile(draws, [100 * (1 - level) / 2, 100 * (1 + level) / 2])
-    return mean, float(low), float(high)
+    n_classes = len(uniq)
+    if n_classes < 2:
+        return mean, float("nan"), float("nan")
+    half = float(stats.t.isf((1 - level) / 2, n_classes - 1)) * math.sqrt(n_classes / (n_classes - 1)) * float(np.nanstd(draws, ddof=1))
+    return mean, mean - half, mean + half
 
 
 def interval_verdict(low: float, high: float, threshold: float) -> str:
