@@ -53,8 +53,10 @@ __all__ = [
     "accuracy_table",
 ]
 
-#: Columns of the long-format table, one row per finished run.
-RUN_COLUMNS = ("snr", "init", "fraction", "run", "seed", "n_train", "best_epoch", "val_acc", "test_acc", "wall_s")
+#: Columns of the long-format table, one row per finished run. ``encoder``: which independently pre-trained encoder
+#: the run started from (run r uses encoder r mod ``SweepConfig.encoders``); random-init runs carry the same index,
+#: so that the runs paired with one encoder's form one cluster of the statistical analysis (cryonb.verdicts).
+RUN_COLUMNS = ("snr", "init", "fraction", "run", "encoder", "seed", "n_train", "best_epoch", "val_acc", "test_acc", "wall_s")
 INITS = ("random", "moco", "simclr", "swav")
 
 
@@ -103,11 +105,16 @@ class FinetuneConfig:
 
 @dataclass(frozen=True)
 class SweepConfig:
-    """Which cells of the paper's tables to run: initialisations × label fractions × runs (per SNR)."""
+    """Which cells of the paper's tables to run: initialisations × label fractions × runs (per SNR).
+
+    encoders : independently pre-trained encoders per (CSSL method, SNR); run r fine-tunes encoder r mod encoders,
+        so the pre-training variance enters the comparison (the statistical unit is the encoder cluster).
+    """
 
     inits: tuple[str, ...] = INITS
     fractions: tuple[float, ...] = (0.25, 0.5, 0.75, 1.0)
     runs: int = 5
+    encoders: int = 1
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "inits", tuple(str(i).lower() for i in self.inits))
@@ -119,6 +126,8 @@ class SweepConfig:
             raise CryoNBError(f"sweep fractions {list(self.fractions)}: expected values in (0, 1]")
         if int(self.runs) < 1:
             raise CryoNBError(f"sweep runs={self.runs}: expected an integer ≥ 1")
+        if not 1 <= int(self.encoders) <= int(self.runs):
+            raise CryoNBError(f"sweep encoders={self.encoders}: expected an integer in 1…runs ({self.runs})")
 
     @classmethod
     def from_dict(cls, raw: dict[str, Any]) -> "SweepConfig":
@@ -217,15 +226,15 @@ def _key(row: Any) -> tuple[str, str, str, int]:
     return (snr_label(float(row["snr"])), str(row["init"]), f"{float(row['fraction']):g}", int(row["run"]))
 
 
-def sweep(datasets: dict[float, Dataset], encoder_for: Callable[[float, str], Path | None], cfg: FinetuneConfig, cells: SweepConfig,
+def sweep(datasets: dict[float, Dataset], encoder_for: Callable[[float, str, int], Path | None], cfg: FinetuneConfig, cells: SweepConfig,
           folder: str | Path, *, seed: int, device: torch.device | str = "cpu", max_runs: int | None = None,
           progress: bool = True) -> pd.DataFrame:
     """Run every (snr, init, fraction, run) of ``cells`` not yet in ``folder/runs.csv``; return the table.
 
-    datasets: SNR → data set. encoder_for(snr, init): encoder checkpoint (None for 'random'); called only for
-    runs still to do, so finished sweeps need no pre-training. Run r uses seed ``seed + r``. max_runs: stop
-    after this many new runs (a budget, or a simulated interruption in tests). Rows are sorted by
-    (snr, init order, fraction, run).
+    datasets: SNR → data set. encoder_for(snr, init, index): checkpoint of encoder ``index`` (None for 'random');
+    called only for runs still to do, so finished sweeps need no pre-training. Run r uses seed ``seed + r`` and
+    encoder ``r mod cells.encoders``. max_runs: stop after this many new runs (a budget, or a simulated
+    interruption in tests). Rows are sorted by (snr, init order, fraction, run).
     """
     folder = Path(folder)
     table_path = folder / "runs.csv"
@@ -234,15 +243,16 @@ def sweep(datasets: dict[float, Dataset], encoder_for: Callable[[float, str], Pa
     todo = [(s, i, f, r) for s in datasets for i in cells.inits for f in cells.fractions for r in range(cells.runs)
             if _key({"snr": s, "init": i, "fraction": f, "run": r}) not in done]
     write_text_atomic(folder / "config.json", json.dumps({"finetune": asdict(cfg), "seed": seed}, indent=2, default=str))
-    encoders: dict[tuple[float, str], Path | None] = {}
+    encoders: dict[tuple[float, str, int], Path | None] = {}
     for n, (snr, init, frac, r) in enumerate(tqdm(todo, desc="fine-tuning runs", disable=not progress)):
         if max_runs is not None and n >= max_runs:
             break
-        if (snr, init) not in encoders:
-            encoders[(snr, init)] = None if init == "random" else encoder_for(snr, init)
+        index = r % cells.encoders
+        if (snr, init, index) not in encoders:
+            encoders[(snr, init, index)] = None if init == "random" else encoder_for(snr, init, index)
         result = finetune_run(datasets[snr], cfg, fraction=frac, seed=seed + r, base_seed=seed, folder=run_dir(folder, snr, init, frac, r),
-                              encoder=encoders[(snr, init)], device=device, meta={"init": init, "snr": snr})
-        row = {"snr": snr, "init": init, "fraction": frac, "run": r, **result}
+                              encoder=encoders[(snr, init, index)], device=device, meta={"init": init, "snr": snr, "encoder": index})
+        row = {"snr": snr, "init": init, "fraction": frac, "run": r, "encoder": index, **result}
         table = pd.concat([table.astype(object), pd.DataFrame([row]).astype(object)], ignore_index=True) if len(table) else pd.DataFrame([row])
         write_text_atomic(table_path, table[list(RUN_COLUMNS)].to_csv(index=False))  # one atomic rewrite per finished run
         if n + 1 < len(todo):

@@ -38,8 +38,22 @@ def seed_everything(seed: int) -> torch.Generator:
     return torch.Generator().manual_seed(seed)
 
 
+def _cpu_model() -> str:
+    try:
+        for line in Path("/proc/cpuinfo").read_text().splitlines():
+            if line.startswith("model name"):
+                return line.split(":", 1)[1].strip()
+    except OSError:
+        pass
+    return platform.processor() or platform.machine()
+
+
 def environment() -> dict[str, Any]:
-    """Versions of the packages a result depends on, recorded next to each run."""
+    """Versions, CPU and thread settings a result depends on, recorded next to each run.
+
+    Bit-identical training across machines is not promised (CPU kernels differ); recording the CPU model and
+    the thread settings says which runs can be expected to agree bit for bit.
+    """
     import importlib.metadata as md
 
     packages = ["torch", "numpy", "scipy", "statsmodels", "pandas", "mrcfile", "gemmi", "captum", "cryonb"]
@@ -49,11 +63,14 @@ def environment() -> dict[str, Any]:
             versions[name] = md.version(name)
         except md.PackageNotFoundError:
             versions[name] = None
+    threads = {"torch_threads": torch.get_num_threads(), "torch_interop_threads": torch.get_num_interop_threads(),
+               **{k: os.environ.get(k) for k in ("OMP_NUM_THREADS", "MKL_NUM_THREADS", "OMP_WAIT_POLICY", "KMP_BLOCKTIME")}}
     return {
         "python": platform.python_version(),
         "platform": platform.platform(),
+        "cpu_model": _cpu_model(),
         "cpu_count": os.cpu_count(),
-        "torch_threads": torch.get_num_threads(),
+        "threads": threads,
         "cuda": torch.version.cuda if torch.cuda.is_available() else None,
         "gpu": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None,
         "packages": versions,

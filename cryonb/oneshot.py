@@ -245,14 +245,16 @@ def evaluate_episodes(
     k_shot: int,
     n_episodes: int,
     seed: int,
+    what: str = "unseen",
 ) -> tuple[dict[str, float], list[Episode], np.ndarray]:
     """Accuracy with its 95 % CI over ``n_episodes`` seeded test episodes from ``pool``.
 
     scorer : maps episodes to (predictions (E,), labels (E,)), e.g. :func:`cosnet_scorer` or :func:`prototype_scorer`.
     Returns the accuracy row, the episodes and the predicted class position of each (E,).
+    what : the pool's name in error messages ("unseen", "validation").
     NOTE: the same (seed, n_way, k_shot) gives the same episodes for every model, so rows are paired.
     """
-    episodes = sample_episodes(labels, pool, n_way, k_shot, n_episodes, seed, what="unseen")
+    episodes = sample_episodes(labels, pool, n_way, k_shot, n_episodes, seed, what=what)
     pred, lab = scorer(episodes)
     row = {"n_way": n_way, "k_shot": k_shot, **accuracy_ci(pred == lab), "seed": seed}
     return row, episodes, pred

@@ -46,6 +46,7 @@ __all__ = [
     "EvaluationSpec",
     "SegmentationSpec",
     "CRFSpec",
+    "SelectionSpec",
     "COSNetSpec",
     "Spec",
     "Profile",
@@ -177,7 +178,8 @@ class EvaluationSpec:
 
     variants are trained at ``table_snrs``; ``main_variant`` also at ``main_snrs``; one model per training
     n-way. Tests: every n-way in ``n_ways`` × k in ``k_shots`` (k > 1 for the main variant only), ``n_episodes``
-    seeded episodes each. rb3d_width: the random-init RB3D feature baseline.
+    seeded episodes each. seeds: independently trained models per (variant, SNR, n-way), the statistical unit of
+    every COS-Net claim. rb3d_width: the random-init RB3D feature baseline.
     """
 
     variants: tuple[str, ...]
@@ -188,6 +190,7 @@ class EvaluationSpec:
     n_ways: tuple[int, ...]
     k_shots: tuple[int, ...]
     n_episodes: int
+    seeds: int = 1
     rb3d_width: int = 16
 
     @classmethod
@@ -208,12 +211,14 @@ class EvaluationSpec:
         return cls(variants=variants, main_variant=raw["main_variant"], table_snrs=_snrs(raw.get("table_snrs"), f"{what}.table_snrs"),
                    main_snrs=_snrs(raw.get("main_snrs"), f"{what}.main_snrs"), **ints,
                    n_episodes=_positive_int(raw.get("n_episodes"), f"{what}.n_episodes"),
+                   seeds=_positive_int(raw.get("seeds", 1), f"{what}.seeds"),
                    rb3d_width=_positive_int(raw.get("rb3d_width", 16), f"{what}.rb3d_width"))
 
-    def jobs(self) -> list[tuple[str, float, int]]:
-        """(variant, SNR, training n-way) of every model the grid trains, in a fixed order."""
-        jobs = [(v, s, n) for s in self.table_snrs for v in self.variants for n in self.train_n_ways]
-        return jobs + [(self.main_variant, s, n) for s in self.main_snrs for n in self.train_n_ways if (self.main_variant, s, n) not in jobs]
+    def jobs(self) -> list[tuple[str, float, int, int]]:
+        """(variant, SNR, training n-way, seed index) of every model the grid trains, in a fixed order."""
+        cells = [(v, s, n) for s in self.table_snrs for v in self.variants for n in self.train_n_ways]
+        cells += [(self.main_variant, s, n) for s in self.main_snrs for n in self.train_n_ways if (self.main_variant, s, n) not in cells]
+        return [(*cell, i) for cell in cells for i in range(self.seeds)]
 
     def scoring_n_way(self, n_way: int) -> int:
         """The training n-way of the model that scores test n-way ``n_way``: its own if trained, else the first."""
@@ -271,6 +276,54 @@ class CRFSpec:
                 for wb in self.w_bilateral for ws in self.w_spatial]
 
 
+#: training settings a selection grid may vary, and where each lives in COSNetTrainConfig
+SELECTABLE = {"lr": "train", "betas": "train", "epochs": "train", "weight_decay": "train", "w_mask_bce": "loss", "w_dice": "loss",
+              "match_head": "model", "feature_dim": "model", "feature_pool": "model", "steps_per_epoch": ""}
+
+
+@dataclass(frozen=True)
+class SelectionSpec:
+    """How COS-Net's training settings are chosen: every combination of ``grid`` trains the main variant (first
+    training n-way, first seed) at ``snr`` and is scored on ``n_episodes`` ``n_way`` validation episodes, which never
+    contain a test class; the spec's own settings must be the winner (notebook 07 reruns the choice and says so)."""
+
+    snr: float
+    grid: tuple[tuple[str, tuple[Any, ...]], ...]
+    n_way: int = 2
+    n_episodes: int = 500
+
+    @classmethod
+    def from_dict(cls, raw: Any, what: str) -> "SelectionSpec":
+        raw = _mapping(raw, what)
+        reject_unknown_keys(raw, cls, what)
+        grid = _mapping(raw.get("grid"), f"{what}.grid")
+        unknown = sorted(set(grid) - set(SELECTABLE))
+        if unknown or not grid:
+            raise CryoNBError(f"{what}.grid: {unknown or 'nothing'} to choose; expected some of {sorted(SELECTABLE)}")
+        values = tuple((k, tuple(tuple(x) if isinstance(x, list) else x for x in v)) for k, v in grid.items() if isinstance(v, list) and v)
+        if len(values) != len(grid):
+            raise CryoNBError(f"{what}.grid: every entry must be a non-empty list of candidate values")
+        n_way = _positive_int(raw.get("n_way", 2), f"{what}.n_way")
+        if n_way < 2:
+            raise CryoNBError(f"{what}.n_way={n_way}: expected ≥ 2")
+        return cls(parse_snr(raw.get("snr")), values, n_way, _positive_int(raw.get("n_episodes", 500), f"{what}.n_episodes"))
+
+    def candidates(self, base: COSNetTrainConfig) -> list[tuple[dict[str, Any], COSNetTrainConfig]]:
+        """Every combination of the grid applied to ``base``: (the values, the training config)."""
+        combos: list[dict[str, Any]] = [{}]
+        for key, options in self.grid:
+            combos = [{**c, key: v} for c in combos for v in options]
+        return [(c, _with(base, c)) for c in combos]
+
+
+def _with(base: COSNetTrainConfig, values: dict[str, Any]) -> COSNetTrainConfig:
+    parts: dict[str, dict[str, Any]] = {"train": {}, "loss": {}, "model": {}, "": {}}
+    for key, value in values.items():
+        parts[SELECTABLE[key]][key] = value
+    return replace(base, train=replace(base.train, **parts["train"]), loss=replace(base.loss, **parts["loss"]),
+                   model=replace(base.model, **parts["model"]), **parts[""])
+
+
 @dataclass(frozen=True)
 class COSNetSpec:
     """COS-Net: data sets, the training of every model (variant and n-way set per job), the evaluation grid,
@@ -281,11 +334,12 @@ class COSNetSpec:
     evaluation: EvaluationSpec
     segmentation: SegmentationSpec
     crf: CRFSpec
+    selection: SelectionSpec | None = None
 
     @classmethod
     def from_dict(cls, raw: Any) -> "COSNetSpec":
         raw = _mapping(raw, "cosnet")
-        known = {"data", "model", "train", "loss", "steps_per_epoch", "recalibrate_bn", "evaluation", "segmentation", "crf"}
+        known = {"data", "model", "train", "loss", "steps_per_epoch", "recalibrate_bn", "evaluation", "segmentation", "crf", "selection"}
         unknown = sorted(set(raw) - known)
         if unknown:
             raise CryoNBError(f"unknown cosnet parameter(s) {unknown}; expected some of {sorted(known)}")
@@ -302,8 +356,10 @@ class COSNetSpec:
             evaluation=_section("cosnet.evaluation", lambda: EvaluationSpec.from_dict(raw.get("evaluation"), "cosnet.evaluation")),
             segmentation=_section("cosnet.segmentation", lambda: SegmentationSpec.from_dict(raw.get("segmentation"), "cosnet.segmentation")),
             crf=_section("cosnet.crf", lambda: CRFSpec.from_dict(raw.get("crf"), "cosnet.crf")),
+            selection=_section("cosnet.selection", lambda: SelectionSpec.from_dict(raw["selection"], "cosnet.selection")) if "selection" in raw else None,
         )
-        used = {*spec.evaluation.table_snrs, *spec.evaluation.main_snrs, *(s for _, s in spec.segmentation.models)}
+        used = {*spec.evaluation.table_snrs, *spec.evaluation.main_snrs, *(s for _, s in spec.segmentation.models),
+                *([spec.selection.snr] if spec.selection else [])}
         missing = sorted(used - set(spec.data.snrs))
         if missing:
             raise CryoNBError(f"cosnet: SNR(s) {missing} are evaluated but have no data set; add them to cosnet.data.snrs")

@@ -53,7 +53,7 @@ env = environment()
 pd.DataFrame(sorted(env["packages"].items()), columns=["package", "version"])
 
 # %%
-print(f"python {env['python']} on {env['platform']}, {env['cpu_count']} CPU cores")
+print(f"python {env['python']} on {env['platform']}, {env['cpu_count']} CPU cores ({env['cpu_model']}); threads {env['threads']}")
 print("CUDA available:", torch.cuda.is_available(), "| device used:", run.device)
 
 # %% [markdown]

@@ -74,16 +74,16 @@ print(f"pre-training {', '.join(methods)} at SNR {', '.join(f'{s:g}' for s in da
 
 # %%
 encoders = cssl_experiment.ensure_encoders(run.spec, run.work_dir, run.device)
-for (snr, method), path in encoders.items():
-    print(f"SNR {snr:g} {method}: {path.relative_to(run.work_dir.parent.parent)}")
+for (snr, method, index), path in encoders.items():
+    print(f"SNR {snr:g} {method} #{index}: {path.relative_to(run.work_dir.parent.parent)}")
 
 # %% [markdown]
 # ## Loss curves
 
 # %%
 curves = pd.DataFrame([
-    {"snr": snr, "method": m, "epoch": e["epoch"], "loss": e["loss"]}
-    for (snr, m), path in encoders.items() for e in checkpoints.load(path, "rb3d-encoder")["history"]
+    {"snr": snr, "method": m, "encoder": i, "epoch": e["epoch"], "loss": e["loss"]}
+    for (snr, m, i), path in encoders.items() for e in checkpoints.load(path, "rb3d-encoder")["history"]
 ])
 run.save_table(curves, "03_loss_curves")
 fig, ax = plt.subplots(figsize=(5, 3))
@@ -110,22 +110,23 @@ rows, embeddings = [], {}
 for snr, ds in datasets.items():
     train_idx, val_idx = ds.indices(split="train"), ds.indices(split="val")
     labels = ds.meta.class_id.to_numpy()
-    models = {"random": random_encoder(cssl.model, seed), **{m: load_encoder(encoders[(snr, m)]) for m in methods}}
-    for name, model in models.items():
+    models = {("random", 0): random_encoder(cssl.model, seed),
+              **{(m, i): load_encoder(encoders[(snr, m, i)]) for m in methods for i in range(cssl.sweep.encoders)}}
+    for (name, index), model in models.items():
         e_train = embed(model, ds.volumes, train_idx)[0].numpy()
         e_val = embed(model, ds.volumes, val_idx)[0].numpy()
-        if snr == first_snr:
+        if snr == first_snr and index == 0:
             embeddings[name] = standardise(e_train, e_val)[1]
         acc = knn_accuracy(e_train, labels[train_idx], e_val, labels[val_idx], knn_k)
         low, high = stats.proportion_ci(round(acc * len(val_idx)), len(val_idx))
-        rows.append({"snr": snr, "init": name, "knn_val_acc": acc, "ci_low": low, "ci_high": high,
-                     "embedding_spread": embedding_std(e_val), "seed": seed})
+        rows.append({"snr": snr, "init": name, "encoder": index, "knn_val_acc": acc, "ci_low": low, "ci_high": high,
+                     "embedding_spread": embedding_std(e_val), "seed": cssl_experiment.encoder_seed(run.spec, index)})
 probe = pd.DataFrame(rows)
 run.save_table(probe, "03_knn_probe", formats=("csv", "md"))
 probe
 
 # %%
-assert probe.knn_val_acc.between(0, 1).all() and len(probe) == len(datasets) * (len(methods) + 1)
+assert probe.knn_val_acc.between(0, 1).all() and len(probe) == len(datasets) * (len(methods) * cssl.sweep.encoders + 1)
 collapsed = probe[probe.embedding_spread < 1e-3].init.tolist()
 if collapsed:
     print(f"WARNING: near-collapsed embeddings (spread < 1e-3): {collapsed}. A random RB3D's globally pooled "

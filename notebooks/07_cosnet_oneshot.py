@@ -20,8 +20,9 @@
 # DuSE-SCNN, with and without the volume decoder guiding classification).
 #
 # **What you will learn:** what an n-way k-shot episode is and why test episodes must come from unseen
-# classes only; how accuracy falls with more ways and more noise; how to put a 95 % confidence interval
-# on an accuracy measured over ≥ 1,000 episodes; how a plain nearest-prototype baseline compares.
+# classes only; how accuracy falls with more ways and more noise; why 1,000 episodes are not 1,000 independent
+# trials, and how to put an honest interval on an accuracy (trained models × classes × volumes); how a plain
+# nearest-prototype baseline compares.
 #
 # **What you need:** the simulated COS-Net data set (built on first use by `cryonb.simulate`, cached).
 #
@@ -148,10 +149,10 @@ t0 = time.perf_counter()
 ckpts = cosnet_experiment.ensure_models(run.spec, run.work_dir, run.device)
 timings["train"] = time.perf_counter() - t0
 train_rows = []
-for (v, s, n), p in ckpts.items():
+for (v, s, n, i), p in ckpts.items():
     _, meta = load_cosnet(p)
     log = pd.DataFrame(meta["log"])  # one row per fit epoch: mean loss over its steps
-    train_rows.append({"variant": v, "snr": snr_label(s), "train_n_way": n, "steps": int(log["step"].iloc[-1]), "first_loss": log["loss"].iloc[0],
+    train_rows.append({"variant": v, "snr": snr_label(s), "train_n_way": n, "seed": meta["seed"], "steps": int(log["step"].iloc[-1]), "first_loss": log["loss"].iloc[0],
                        "last_loss": log["loss"].iloc[-1], "train_s": meta["train_seconds"], "checkpoint": p.name})
 train_table = pd.DataFrame(train_rows)
 run.save_table(train_table, "07_training", formats=("csv", "md"))
@@ -159,18 +160,49 @@ train_table
 
 # %%
 fig, ax = plt.subplots(figsize=(6, 3.5))
-for (v, s, n), p in ckpts.items():
+for (v, s, n, i), p in ckpts.items():
     log = pd.DataFrame(load_cosnet(p)[1]["log"])
-    ax.plot(log["step"], log["loss"], marker=".", label=f"{v} · SNR {snr_label(s)} · {n}-way")
+    ax.plot(log["step"], log["loss"], marker=".", color=f"C{list(ev.variants).index(v) if v in ev.variants else 0}", alpha=0.7,
+            label=f"{v} · SNR {snr_label(s)} · {n}-way" if i == 0 else None)
 ax.set(xlabel="step", ylabel=f"loss (mean of each {training.steps_per_epoch} steps)", title="episode training")
 ax.legend(fontsize=7)
 run.save_figure(fig, "training_loss")
 
 # %% [markdown]
-# ## Test episodes: accuracy with 95 % confidence intervals
+# ## How the training settings were chosen: validation episodes, never a test class
+# Learning rate, loss weights and the match head change what COS-Net learns, so they must be chosen on data the
+# final scores never see. `cosnet.selection` lists the candidates; each trains the main variant at one SNR and is
+# scored on episodes drawn from the *validation* pool only: the seen classes' held-out volumes (and validation-only
+# classes where the data set has them). `cryonb.experiments.cosnet.selection_rows` refuses any row of a test
+# class, so this choice cannot look at the unseen classes (`tests/test_selection.py` proves it). The spec's own
+# settings should be the winner; the cell says whether they are.
+
+# %%
+if cos.selection is not None:
+    t0 = time.perf_counter()
+    selection = cosnet_experiment.select_training(run.spec, run.work_dir, run.device)
+    timings["selection"] = time.perf_counter() - t0
+    run.save_table(selection, "07_selection", formats=("csv", "md"))
+    winner, own = selection[selection.chosen].iloc[0], selection[selection.spec]
+    print(f"validation winner: {winner.drop(['val_accuracy', 'ci_low', 'ci_high', 'spec', 'chosen', 'checkpoint']).to_dict()} "
+          f"({winner.val_accuracy:.3f} [{winner.ci_low:.3f}, {winner.ci_high:.3f}]); "
+          + ("the spec's settings are the winner" if bool(winner.spec) else
+             f"NOTE: the spec's settings score {own.val_accuracy.iloc[0]:.3f} and are not the winner: update params/{profile}.yaml"
+             if len(own) else "NOTE: the spec's settings are not among the candidates"))
+    display_selection = selection.drop(columns=["checkpoint"]).round(3)
+else:
+    display_selection = "no selection grid in this profile: its settings are the paper's"
+display_selection
+
+# %% [markdown]
+# ## Test episodes: accuracy with 95 % intervals over the independent units
 # Every model is scored on the *same* seeded episodes (paired comparison). Embeddings of the test pool
 # are computed once per model; an episode then costs one tiny matrix product, so ≥ 1,000 episodes are cheap.
-# The interval is Wilson's for a binomial proportion over independent episodes.
+# But episodes are not independent: a thousand episodes reuse the same few hundred volumes of a handful of
+# classes, and each trained model is one draw of the training's randomness. So each volume gets one score per
+# model (the fraction of its episodes as the query answered correctly), and the interval resamples trained
+# models (seeds), classes and volumes within classes (`cryonb.verdicts.crossed_bootstrap`). A Wilson interval
+# over episodes (in `07_accuracy_seeds.csv`, per model) would be far narrower, and wrong.
 
 # %%
 t0 = time.perf_counter()
@@ -178,6 +210,8 @@ evaluation = cosnet_experiment.evaluate(run.spec, ckpts, datasets, run.device)
 acc, preds = evaluation.accuracy, evaluation.episodes
 timings["evaluate"] = time.perf_counter() - t0
 run.save_table(acc, "07_accuracy_all", formats=("csv",))
+run.save_table(evaluation.per_model, "07_accuracy_seeds", formats=("csv",))
+run.save_table(evaluation.query_scores, "07_query_scores", formats=("csv",))
 acc.groupby("method").accuracy.describe()[["count", "mean", "min", "max"]].round(3)
 
 # %% [markdown]
@@ -223,7 +257,7 @@ kt
 # %%
 s_conf = 1000.0 if 1000.0 in ev.main_snrs else ev.main_snrs[0]
 w_conf = max(n_ways)
-eps, pred = preds[(main_variant, s_conf, w_conf, 1)]
+eps, pred = preds[(main_variant, s_conf, w_conf, 1, 0)]  # the first seed's model
 true_c = np.array([e.classes[e.label] for e in eps])
 pred_c = np.array([e.classes[p] for e, p in zip(eps, pred)])
 ucls = sorted(np.unique(labels[unseen_pool]))
@@ -242,11 +276,11 @@ run.save_figure(fig, "confusion_unseen")
 # checks that the numbers are valid: its model is too small and too short to learn).
 
 # %%
-assert (acc.n_episodes == ev.n_episodes).all()
-assert acc.accuracy.between(0, 1).all() and (acc.ci_low <= acc.accuracy).all() and (acc.accuracy <= acc.ci_high).all()
+assert (evaluation.per_model.n_episodes == ev.n_episodes).all() and (acc.n_seeds[acc.train_n_way > 0] == ev.seeds).all()
+assert acc.accuracy.between(0, 1).all() and (acc.ci_low <= acc.accuracy + 1e-12).all() and (acc.accuracy <= acc.ci_high + 1e-12).all()
 best = acc[(acc.method == main_variant) & (acc.snr == snr_label(snrs[0])) & (acc.n_way == min(n_ways)) & (acc.k_shot == 1)].accuracy.iloc[0]
-if profile != "smoke":
-    assert best > 1 / min(n_ways) + 0.1, f"{main_variant} 2-way accuracy {best:.3f} is near chance"
+if best < 1 / min(n_ways) + 0.1:  # a result to report, not an error: the REPORT judges the claims
+    print(f"NOTE: {main_variant} {min(n_ways)}-way accuracy {best:.3f} is near chance ({1 / min(n_ways):.2f}) at this profile's scale")
 timing_table = pd.DataFrame([{"step": k, "seconds": round(v, 1)} for k, v in timings.items()])
 run.save_table(timing_table, "07_timings", formats=("csv", "md"))
 print(f"{main_variant} at SNR {snr_label(snrs[0])}, {min(n_ways)}-way 1-shot: {best:.3f}")

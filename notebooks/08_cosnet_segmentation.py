@@ -128,7 +128,7 @@ for s in sorted(set(per_class.snr), key=float, reverse=True):
     run.save_table(t, f"08_dice_table_snr_{s}", formats=("csv", "md"))
     print(f"SNR {s}")
     print(t.to_markdown(index=False))
-summary = dice_df.groupby(["snr", "model", "train_n_way"])[["dice_before", "dice_after"]].agg(["mean", "min"]).round(3)
+summary = dice_df.groupby(["snr", "model", "train_n_way"])[["dice_before", "dice_after"]].agg(["mean", "min"]).round(3)  # over seeds and volumes
 summary.columns = [f"{a}_{b}" for a, b in summary.columns]
 # the paper's Tables 2-3 give one mean Dice per class: the claim "every class > 0.92" is about the worst class mean
 worst_class = per_class.groupby(["snr", "model", "train_n_way"])[["dice_before", "dice_after"]].min().round(3)
@@ -145,7 +145,7 @@ summary
 
 # %%
 s_g = 1000.0 if any(s == 1000.0 for _, s in seg_models) else seg_models[0][1]
-keys = [k for k in probs if k[0] == seg_models[0][0] and k[1] == s_g]
+keys = [k for k in probs if k[0] == seg_models[0][0] and k[1] == s_g and k[3] == 0]  # the first seed's model per n-way
 first = [int(np.flatnonzero(labels[seg_rows] == c)[0]) for c in np.unique(labels[seg_rows])]
 cols = 2 + 2 * len(keys)
 fig, axes = plt.subplots(len(first), cols, figsize=(1.6 * cols, 1.6 * len(first)), squeeze=False)
@@ -172,15 +172,14 @@ assert dice_df[["dice_before", "dice_after"]].stack().between(0, 1).all()
 assert not chosen_table.empty and all(not sweep[(sweep.snr == s)].rejected.all() for s in sweep.snr.unique())
 # the chosen CRF never wipes the unseen-class masks either
 kept = {k: (refined[k].flatten(1).sum(1).float() / (probs[k] > 0.5).flatten(1).sum(1).clamp(min=1)).min().item() for k in probs}
-print("smallest kept fraction of the network foreground after the CRF:", {f"{k[0]} {snr_label(k[1])}": round(v, 2) for k, v in kept.items()})
-if profile != "smoke":
-    main = summary[(summary.model == seg_models[0][0])]
-    fill = float(np.asarray(ds0.masks[seg_rows], dtype=np.float32).mean())
-    whole_box = 2 * fill / (1 + fill)  # Dice of a mask that marks every voxel
-    floor = 0.3 if profile == "paper" else 3 * whole_box
-    print(f"molecules fill {fill:.2%} of a box; whole-box Dice {whole_box:.3f}; required here > {floor:.3f}")
-    assert (main.dice_before_mean > floor).all(), f"decoder masks (Dice ≥ {main.dice_before_mean.min():.3f}) do not beat {floor:.3f}"
-    assert (main.dice_after_mean >= main.dice_before_mean - 0.05).all(), "the chosen CRF made the masks clearly worse"
+print("smallest kept fraction of the network foreground after the CRF:", {f"{k[0]} {snr_label(k[1])} seed {k[3]}": round(v, 2) for k, v in kept.items()})
+# results, not errors (the REPORT judges the paper's claims): how the masks compare with marking the whole box
+main = summary[(summary.model == seg_models[0][0])]
+fill = float(np.asarray(ds0.masks[seg_rows], dtype=np.float32).mean())
+whole_box = 2 * fill / (1 + fill)  # Dice of a mask that marks every voxel
+print(f"molecules fill {fill:.2%} of a box; a mask marking the whole box scores Dice {whole_box:.3f}; "
+      f"{seg_models[0][0]}'s masks score {main.dice_before_mean.min():.3f}-{main.dice_before_mean.max():.3f} before the CRF, "
+      f"{main.dice_after_mean.min():.3f}-{main.dice_after_mean.max():.3f} after")
 timing_table = pd.DataFrame([{"step": k, "seconds": round(v, 1)} for k, v in timings.items()])
 run.save_table(timing_table, "08_timings", formats=("csv", "md"))
 timing_table

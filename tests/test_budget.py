@@ -72,11 +72,11 @@ def test_finetune_sweep_stops_between_runs_and_resumes(tmp_path: Path, monkeypat
     cells = SweepConfig(inits=("random",), fractions=(1.0,), runs=2)
     monkeypatch.setenv(budget.DEADLINE_ENV, "0")
     with pytest.raises(PartDone, match="fine-tuning run 1/2"):
-        sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, cells, tmp_path, seed=0, progress=False)
+        sweep({0.1: TinyDataset()}, lambda s, i, e: None, cfg, cells, tmp_path, seed=0, progress=False)
     monkeypatch.delenv(budget.DEADLINE_ENV)
-    table = sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, cells, tmp_path, seed=0, progress=False)
+    table = sweep({0.1: TinyDataset()}, lambda s, i, e: None, cfg, cells, tmp_path, seed=0, progress=False)
     assert sorted(table["run"]) == [0, 1]
-    fresh = sweep({0.1: TinyDataset()}, lambda s, i: None, cfg, cells, tmp_path / "fresh", seed=0, progress=False)
+    fresh = sweep({0.1: TinyDataset()}, lambda s, i, e: None, cfg, cells, tmp_path / "fresh", seed=0, progress=False)
     assert np.allclose(table["test_acc"], fresh["test_acc"])
 
 

@@ -88,18 +88,18 @@ def test_pretrained_and_random_runs_share_the_head_but_not_the_encoder(tmp_path:
 
 def test_sweep_is_resumable_and_gives_the_same_table(tmp_path: Path, encoder: Path) -> None:
     ds = {0.1: TinyDataset()}
-    enc = lambda snr, init: encoder  # noqa: E731
+    enc = lambda snr, init, index: encoder  # noqa: E731
     calls: list[str] = []
     full = sweep(ds, enc, CFG, CELLS, tmp_path / "a", seed=0, progress=False)
     assert len(full) == 2 * 2 * 2 and list(full["init"].unique()) == ["random", "moco"]
-    part = sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, max_runs=3, progress=False)
+    part = sweep(ds, lambda s, i, e: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, max_runs=3, progress=False)
     assert len(part) == 3
-    again = sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, progress=False)
+    again = sweep(ds, lambda s, i, e: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, progress=False)
     cols = ["snr", "init", "fraction", "run", "seed", "n_train", "best_epoch", "val_acc", "test_acc"]
     pd.testing.assert_frame_equal(full[cols], again[cols], check_dtype=False)
     # a finished sweep runs nothing more and asks for no encoder
     n = len(calls)
-    sweep(ds, lambda s, i: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, progress=False)
+    sweep(ds, lambda s, i, e: calls.append(i) or encoder, CFG, CELLS, tmp_path / "b", seed=0, progress=False)
     assert len(calls) == n
     model = load_finetuned(tmp_path / "b", 0.1, "moco", 1.0, 1)
     assert isinstance(model, RB3D) and not model.training

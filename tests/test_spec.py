@@ -141,8 +141,9 @@ def test_content_keys_follow_every_setting_that_changes_a_result(tmp_path: Path)
     path = cosnet_experiment.model_path(base, *job, tmp_path)
     assert path == cosnet_experiment.model_path(_spec(), *job, tmp_path)
     assert path != cosnet_experiment.model_path(_spec(**{"cosnet.loss.w_mask_bce": 1.0}), *job, tmp_path)
-    assert path != cosnet_experiment.model_path(base, job[0], job[1], job[2] + 1, tmp_path)
-    assert path.name.startswith(f"{job[0]}-snr1000-2way-")
+    assert path != cosnet_experiment.model_path(base, job[0], job[1], job[2] + 1, job[3], tmp_path)
+    assert path != cosnet_experiment.model_path(base, job[0], job[1], job[2], job[3] + 1, tmp_path)  # another seed, another model
+    assert path.name.startswith(f"{job[0]}-snr1000-2way-s0-")
 
 
 def test_a_trained_model_is_reused_not_retrained(tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:

@@ -57,8 +57,8 @@ def main(args: argparse.Namespace) -> int:
         set_deadline(60 * args.max_minutes)
     try:
         if args.what == "cssl":
-            for (snr, method), path in cssl_experiment.ensure_encoders(spec, work, device, progress).items():
-                print(f"encoder {method} SNR {snr_label(snr)}: {_shown(path)}")
+            for (snr, method, index), path in cssl_experiment.ensure_encoders(spec, work, device, progress).items():
+                print(f"encoder {method} SNR {snr_label(snr)} #{index}: {_shown(path)}")
         elif args.what == "finetune":
             table, _ = cssl_experiment.run_sweep(spec, work, device, progress)
             folder = cssl_experiment.sweep_folder(spec, work)
@@ -67,8 +67,8 @@ def main(args: argparse.Namespace) -> int:
             example = run_dir(folder, float(first.snr), str(first.init), float(first["fraction"]), int(first.run)) / "best.pt"
             print(f"one model per run, e.g. {_shown(example)} (python -m cryonb classify SUBTOMOS --checkpoint ...)")
         elif args.what == "cosnet":
-            for (variant, snr, n_way), path in cosnet_experiment.ensure_models(spec, work, device, progress).items():
-                print(f"COS-Net {variant} SNR {snr_label(snr)} {n_way}-way: {_shown(path)}")
+            for (variant, snr, n_way, index), path in cosnet_experiment.ensure_models(spec, work, device, progress).items():
+                print(f"COS-Net {variant} SNR {snr_label(snr)} {n_way}-way seed {cosnet_experiment.model_seed(spec, index)}: {_shown(path)}")
         else:
             path, row = cssl_experiment.ensure_classifier(spec, work, device, progress)
             print(f"classifier of {', '.join(spec.cssl.classifier.classes)}: {_shown(path)} "

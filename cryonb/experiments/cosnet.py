@@ -30,28 +30,33 @@ from cryonb.episodes import Episode
 from cryonb.errors import CryoNBError
 from cryonb.metrics import dice
 from cryonb.models.rb3d import RB3DConfig
+from cryonb.oneshot import COSNetTrainConfig
 from cryonb.pretrain import random_encoder
 from cryonb.simulate import DatasetRecipe, SubtomoDataset, cosnet_recipe, ensure_dataset
 from cryonb.simulate.config import snr_label
 from cryonb.spec import Spec
+from cryonb.verdicts import crossed_bootstrap
 
 __all__ = [
     "Pools",
     "Evaluation",
     "recipes",
     "datasets",
+    "model_seed",
     "model_path",
     "ensure_model",
     "ensure_models",
     "class_pools",
+    "selection_rows",
     "evaluate",
     "segmentation_rows",
     "mask_probabilities",
+    "select_training",
     "choose_crf",
     "refine_and_score",
 ]
 
-Job = tuple[str, float, int]  # (variant, SNR, training n-way)
+Job = tuple[str, float, int, int]  # (variant, SNR, training n-way, seed index)
 
 
 def recipes(spec: Spec) -> dict[float, DatasetRecipe]:
@@ -65,25 +70,35 @@ def datasets(spec: Spec, progress: bool = True) -> dict[float, SubtomoDataset]:
     return {snr: ensure_dataset(r, progress=progress) for snr, r in recipes(spec).items()}
 
 
-def model_path(spec: Spec, variant: str, snr: float, n_way: int, work_dir: str | Path) -> Path:
-    """Where the model of one job lives: ``cosnet/<variant>-snr<snr>-<n>way-<content key>.pt``."""
-    cfg = spec.cosnet.training.for_job(variant, n_way)
-    key = content_key(cfg, recipes(spec)[snr].folder_name, spec.seed)
-    return Path(work_dir) / "cosnet" / f"{variant}-snr{snr_label(snr)}-{n_way}way-{key}.pt"
+def model_seed(spec: Spec, index: int) -> int:
+    """The training seed of the ``index``-th independent model of a (variant, SNR, n-way)."""
+    return spec.seed + index
 
 
-def ensure_model(spec: Spec, variant: str, snr: float, n_way: int, work_dir: str | Path, device: torch.device | str = "cpu",
-                 progress: bool = True) -> Path:
+def model_path(spec: Spec, variant: str, snr: float, n_way: int, index: int, work_dir: str | Path,
+               training: COSNetTrainConfig | None = None) -> Path:
+    """Where the model of one job lives: ``cosnet/<variant>-snr<snr>-<n>way-s<seed>-<content key>.pt``.
+
+    training : another training config than the spec's (a candidate of the selection grid)."""
+    cfg = (training or spec.cosnet.training).for_job(variant, n_way)
+    seed = model_seed(spec, index)
+    key = content_key(cfg, recipes(spec)[snr].folder_name, seed)
+    return Path(work_dir) / "cosnet" / f"{variant}-snr{snr_label(snr)}-{n_way}way-s{seed}-{key}.pt"
+
+
+def ensure_model(spec: Spec, variant: str, snr: float, n_way: int, index: int, work_dir: str | Path, device: torch.device | str = "cpu",
+                 progress: bool = True, training: COSNetTrainConfig | None = None) -> Path:
     """The checkpoint of one job: reused if present, else trained on the seen classes' training rows (resumable)."""
-    target = model_path(spec, variant, snr, n_way, work_dir)
+    target = model_path(spec, variant, snr, n_way, index, work_dir, training)
     if target.is_file():
         return target
     ds = ensure_dataset(recipes(spec)[snr], progress=progress)
-    cfg = spec.cosnet.training.for_job(variant, n_way)
+    cfg = (training or spec.cosnet.training).for_job(variant, n_way)
     pool = ds.indices(split="train", class_split="seen")
-    net, log = oneshot.train_cosnet(cfg, ds.volumes, ds.masks, ds.meta["class_id"].to_numpy(), pool, seed=spec.seed, device=device,
+    seed = model_seed(spec, index)
+    net, log = oneshot.train_cosnet(cfg, ds.volumes, ds.masks, ds.meta["class_id"].to_numpy(), pool, seed=seed, device=device,
                                     checkpoint_dir=target.with_suffix(".run"), progress=progress)
-    meta = {"variant": variant, "snr": snr, "train_n_way": n_way, "dataset": ds.root.name, "seeds": {"train": spec.seed}, "seed": spec.seed,
+    meta = {"variant": variant, "snr": snr, "train_n_way": n_way, "dataset": ds.root.name, "seeds": {"train": seed}, "seed": seed, "seed_index": index,
             "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "seen_classes": sorted(set(ds.meta.pdb_id.to_numpy()[pool]))}
     oneshot.save_cosnet(target, net, log, meta)
     shutil.rmtree(target.with_suffix(".run"), ignore_errors=True)  # fit's resumable state: not needed once the model is written
@@ -98,27 +113,50 @@ def ensure_models(spec: Spec, work_dir: str | Path, device: torch.device | str =
 @dataclass(frozen=True)
 class Pools:
     """Row indices of one COS-Net data set: ``unseen`` (every row of the test classes), ``seen_train``
-    (training episodes), ``seen_val`` (every choice made on data); ``labels`` (N,) class ids."""
+    (training episodes), ``validation`` (every choice made on data: the seen classes' held-out rows and the rows of
+    validation-only classes, never a test class); ``labels`` (N,) class ids."""
 
     labels: np.ndarray
     unseen: np.ndarray
     seen_train: np.ndarray
-    seen_val: np.ndarray
+    validation: np.ndarray
 
 
 def class_pools(ds: SubtomoDataset) -> Pools:
+    split = ds.meta["class_split"].to_numpy()
+    validation = np.sort(np.concatenate([ds.indices(split="val", class_split="seen"), np.flatnonzero(split == "validation")]))
     return Pools(ds.meta["class_id"].to_numpy(), np.asarray(ds.indices(split=None, class_split="unseen")),
-                 np.asarray(ds.indices(split="train", class_split="seen")), np.asarray(ds.indices(split="val", class_split="seen")))
+                 np.asarray(ds.indices(split="train", class_split="seen")), validation.astype(np.int64))
+
+
+def selection_rows(ds: SubtomoDataset, rows: np.ndarray) -> np.ndarray:
+    """``rows`` if none belongs to a test (unseen) class; every choice made from data goes through this gate."""
+    rows = np.asarray(rows)
+    test = ds.meta["class_split"].to_numpy()[rows] == "unseen"
+    if test.any():
+        names = sorted(set(ds.meta["pdb_id"].to_numpy()[rows[test]]))
+        raise CryoNBError(f"{ds.root.name}: a selection was given {int(test.sum())} row(s) of test classes {names}; "
+                          "choices are made on validation data only (seen classes' held-out rows and validation classes)")
+    return rows
 
 
 @dataclass
 class Evaluation:
-    """Results of the test episodes: ``accuracy`` (one row per method × SNR × n-way × k-shot, with Wilson
-    intervals), ``episodes[(variant, snr, n_way, k_shot)] = (episodes, predicted positions)`` of the COS-Net
-    models, and the unseen-pool embeddings of every model."""
+    """Results of the test episodes.
 
+    per_model : one row per trained model (method, snr, train_n_way, seed) × test n-way × k-shot: its accuracy
+        over the episodes (and Wilson's interval, which treats episodes as independent: descriptive only).
+    query_scores : one row per model × n-way × k-shot × query volume: the fraction of its episodes answered
+        correctly; the units of every interval (seeds × classes × volumes, :func:`cryonb.verdicts.crossed_bootstrap`).
+    accuracy : one row per method × snr × n-way × k-shot: mean over seeds with that crossed interval.
+    episodes : ``[(variant, snr, n_way, k_shot, seed index)] = (episodes, predicted positions)``.
+    embeddings : the unseen-pool embeddings of every model.
+    """
+
+    per_model: pd.DataFrame
+    query_scores: pd.DataFrame
     accuracy: pd.DataFrame
-    episodes: dict[tuple[str, float, int, int], tuple[list[Episode], np.ndarray]]
+    episodes: dict[tuple[str, float, int, int, int], tuple[list[Episode], np.ndarray]]
     embeddings: dict[Job, torch.Tensor]
 
 
@@ -127,49 +165,106 @@ def _episode_seed(spec: Spec, n_way: int, k_shot: int) -> int:
     return spec.seed + 1000 * n_way + k_shot
 
 
+def _query_rows(key: dict[str, Any], episodes: list[Episode], pred: np.ndarray, names: pd.Series, labels: np.ndarray) -> pd.DataFrame:
+    """Per query volume: the fraction of its episodes answered correctly."""
+    frame = pd.DataFrame({"row": [e.query for e in episodes], "correct": [e.label == p for e, p in zip(episodes, pred)]})
+    scores = frame.groupby("row")["correct"].agg(["mean", "size"]).reset_index()
+    return pd.DataFrame({**key, "row": scores["row"], "class": names[labels[scores["row"]]].to_numpy(),
+                         "n_episodes": scores["size"], "correct": scores["mean"]})
+
+
+def _summarise(query_scores: pd.DataFrame) -> pd.DataFrame:
+    """Mean accuracy over seeds with the crossed seeds × classes × volumes interval, per method, SNR, n-way, k-shot."""
+    rows = []
+    for (method, snr, n_train, n_way, k), group in query_scores.groupby(["method", "snr", "train_n_way", "n_way", "k_shot"], sort=False):
+        grid = group.pivot_table(index="seed", columns="row", values="correct")
+        classes = group.drop_duplicates("row").set_index("row").loc[grid.columns, "class"].to_numpy()
+        mean, low, high = crossed_bootstrap(grid.to_numpy(float), classes, seed=0)
+        rows.append({"method": method, "snr": snr, "train_n_way": n_train, "n_way": n_way, "k_shot": k, "accuracy": mean,
+                     "ci_low": low, "ci_high": high, "n_seeds": len(grid), "n_classes": len(set(classes)), "n_volumes": grid.shape[1]})
+    return pd.DataFrame(rows)
+
+
 def evaluate(spec: Spec, models: dict[Job, Path], data: dict[float, SubtomoDataset], device: torch.device | str = "cpu") -> Evaluation:
     """Score every model on seeded unseen-class episodes, plus three prototype baselines per SNR:
-    raw voxels, random-init RB3D features, and the main variant's own COS-Net embedding."""
+    raw voxels, random-init RB3D features, and the main variant's own COS-Net embedding (per seed)."""
     ev = spec.cosnet.evaluation
-    rows: list[dict[str, Any]] = []
-    episodes: dict[tuple[str, float, int, int], tuple[list[Episode], np.ndarray]] = {}
+    per_model: list[dict[str, Any]] = []
+    queries: list[pd.DataFrame] = []
+    episodes: dict[tuple[str, float, int, int, int], tuple[list[Episode], np.ndarray]] = {}
     embeddings: dict[Job, torch.Tensor] = {}
-    for (variant, snr, n_train), path in models.items():
+
+    def score(method: str, snr: float, n_train: int, index: int, scorer: Any, ds: SubtomoDataset, w: int, k: int) -> None:
+        pools = class_pools(ds)
+        row, eps, pred = oneshot.evaluate_episodes(scorer, pools.labels, pools.unseen, w, k, ev.n_episodes, _episode_seed(spec, w, k))
+        key = {"method": method, "snr": snr_label(snr), "train_n_way": n_train, "n_way": w, "k_shot": k, "seed": index}
+        per_model.append({**key, **{c: row[c] for c in ("accuracy", "ci_low", "ci_high", "n_episodes")}})
+        queries.append(_query_rows(key, eps, pred, ds.meta.groupby("class_id")["pdb_id"].first(), pools.labels))
+        episodes[(method, snr, w, k, index)] = (eps, pred)
+
+    for (variant, snr, n_train, index), path in models.items():
         net, _ = oneshot.load_cosnet(path, device)
         pools = class_pools(data[snr])
-        emb = embeddings[(variant, snr, n_train)] = embed(net, data[snr].volumes, pools.unseen, device=device)[0]
+        emb = embeddings[(variant, snr, n_train, index)] = embed(net, data[snr].volumes, pools.unseen, device=device)[0]
         for w in ev.n_ways:
             if ev.scoring_n_way(w) != n_train:
-                continue  # each test n-way is scored by one model
+                continue  # each test n-way is scored by one model per seed
             for k in ev.k_shots if variant == ev.main_variant else (1,):
-                row, eps, pred = oneshot.evaluate_episodes(oneshot.cosnet_scorer(net, emb, pools.unseen), pools.labels, pools.unseen, w, k,
-                                                           ev.n_episodes, _episode_seed(spec, w, k))
-                rows.append({"method": variant, "snr": snr_label(snr), "train_n_way": n_train, **row})
-                episodes[(variant, snr, w, k)] = (eps, pred)
-    for snr in data:
-        rows += _baselines(spec, data[snr], snr, embeddings)
-    return Evaluation(pd.DataFrame(rows), episodes, embeddings)
+                score(variant, snr, n_train, index, oneshot.cosnet_scorer(net, emb, pools.unseen), data[snr], w, k)
+        if variant == ev.main_variant and n_train == ev.train_n_ways[0]:
+            for w in ev.n_ways:  # the learned match head against a plain metric on the same embedding
+                score(f"prototype on {ev.main_variant} embedding", snr, n_train, index, oneshot.prototype_scorer(emb, pools.unseen), data[snr], w, 1)
+    for snr, ds in data.items():
+        for method, emb, k_shots in _baseline_embeddings(spec, ds):
+            for w in ev.n_ways:
+                for k in k_shots:
+                    score(method, snr, 0, 0, oneshot.prototype_scorer(emb, class_pools(ds).unseen), ds, w, k)
+    query_scores = pd.concat(queries, ignore_index=True)
+    return Evaluation(pd.DataFrame(per_model), query_scores, _summarise(query_scores), episodes, embeddings)
 
 
-def _baselines(spec: Spec, ds: SubtomoDataset, snr: float, embeddings: dict[Job, torch.Tensor]) -> list[dict[str, Any]]:
+def _baseline_embeddings(spec: Spec, ds: SubtomoDataset) -> list[tuple[str, torch.Tensor, tuple[int, ...]]]:
+    """Fixed embeddings of the unseen pool with no COS-Net training: raw voxels, and the pooled feature maps of an
+    untrained RB3D (what the architecture alone gives)."""
     ev = spec.cosnet.evaluation
     pools = class_pools(ds)
     vox = torch.from_numpy(np.asarray(ds.volumes[pools.unseen], dtype=np.float32).reshape(len(pools.unseen), -1))
     rb3d = random_encoder(RB3DConfig(width=ev.rb3d_width, dropout=0.0), spec.seed).eval()
-    with torch.no_grad():  # pooled feature maps of an untrained RB3D: what the architecture alone gives
+    with torch.no_grad():
         rb_emb = torch.cat([rb3d.pool(rb3d.features(vox[i : i + 32].reshape(-1, 1, *ds.volumes.shape[1:]))).flatten(1) for i in range(0, len(vox), 32)])
-    features = {"prototype on voxels": (vox, ev.k_shots, 0), "prototype on random RB3D features": (rb_emb, (1,), 0)}
-    main = (ev.main_variant, snr, ev.train_n_ways[0])
-    if main in embeddings:
-        features[f"prototype on {ev.main_variant} embedding"] = (embeddings[main], (1,), ev.train_n_ways[0])
+    return [("prototype on voxels", vox, ev.k_shots), ("prototype on random RB3D features", rb_emb, (1,))]
+
+
+def select_training(spec: Spec, work_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True) -> pd.DataFrame:
+    """Score every candidate of ``cosnet.selection`` on validation episodes (no test class, by construction).
+
+    Each candidate trains the main variant (first training n-way, first seed) at the selection SNR; the spec's own
+    training is among the candidates when the spec is consistent with this choice, and is then reused by the
+    evaluation grid. Returns one row per candidate: its values, validation accuracy with the crossed interval, the
+    winner (highest accuracy) and whether it is the spec's own setting.
+    """
+    sel = spec.cosnet.selection
+    if sel is None:
+        raise CryoNBError("cosnet.selection: not in this profile's spec; nothing to choose")
+    ev = spec.cosnet.evaluation
+    ds = ensure_dataset(recipes(spec)[sel.snr], progress=progress)
+    pools = class_pools(ds)
+    pool = selection_rows(ds, pools.validation)
+    names = ds.meta.groupby("class_id")["pdb_id"].first()
     rows = []
-    for method, (emb, k_shots, n_train) in features.items():
-        for w in ev.n_ways:
-            for k in k_shots:
-                row, _, _ = oneshot.evaluate_episodes(oneshot.prototype_scorer(emb, pools.unseen), pools.labels, pools.unseen, w, k,
-                                                      ev.n_episodes, _episode_seed(spec, w, k))
-                rows.append({"method": method, "snr": snr_label(snr), "train_n_way": n_train, **row})
-    return rows
+    for values, training in sel.candidates(spec.cosnet.training):
+        path = ensure_model(spec, ev.main_variant, sel.snr, ev.train_n_ways[0], 0, work_dir, device, progress, training)
+        net, _ = oneshot.load_cosnet(path, device)
+        emb = embed(net, ds.volumes, pool, device=device)[0]
+        _, eps, pred = oneshot.evaluate_episodes(oneshot.cosnet_scorer(net, emb, pool), pools.labels, pool, sel.n_way, 1, sel.n_episodes,
+                                                 spec.seed + 77, what="validation")
+        scores = _query_rows({}, eps, pred, names, pools.labels)
+        mean, low, high = crossed_bootstrap(scores["correct"].to_numpy(float)[None, :], scores["class"].to_numpy())
+        rows.append({**{k: str(v) for k, v in values.items()}, "val_accuracy": mean, "ci_low": low, "ci_high": high,
+                     "spec": training == spec.cosnet.training, "checkpoint": path.name})
+    table = pd.DataFrame(rows)
+    table["chosen"] = table.val_accuracy == table.val_accuracy.max()
+    return table
 
 
 def segmentation_rows(spec: Spec, ds: SubtomoDataset) -> tuple[np.ndarray, np.ndarray]:
@@ -180,7 +275,7 @@ def segmentation_rows(spec: Spec, ds: SubtomoDataset) -> tuple[np.ndarray, np.nd
     per_class = spec.cosnet.segmentation.n_per_class
     seg = np.sort(np.concatenate([rng.choice(pools.unseen[pools.labels[pools.unseen] == c], size=min(per_class, int((pools.labels[pools.unseen] == c).sum())),
                                              replace=False) for c in np.unique(pools.labels[pools.unseen])]))
-    val = np.sort(rng.choice(pools.seen_val, size=min(spec.cosnet.crf.n_val, len(pools.seen_val)), replace=False))
+    val = np.sort(rng.choice(pools.validation, size=min(spec.cosnet.crf.n_val, len(pools.validation)), replace=False))
     return seg, val
 
 
@@ -199,7 +294,8 @@ def _volumes(array: np.ndarray, rows: np.ndarray) -> torch.Tensor:
 
 def choose_crf(spec: Spec, models: dict[Job, Path], data: dict[float, SubtomoDataset], device: torch.device | str = "cpu"
                ) -> tuple[pd.DataFrame, dict[float, CRFParams]]:
-    """CRF weights per SNR, chosen on seen-class validation volumes with the first segmentation model's variant.
+    """CRF weights per SNR, chosen on seen-class validation volumes with the first segmentation model's variant
+    (every seed's masks pooled).
 
     Every weight pair of ``crf`` is scored by validation Dice; pairs that wipe the mask are rejected
     (:func:`cryonb.crf.select_crf_params`). An SNR without that variant borrows the nearest SNR's choice.
@@ -208,12 +304,14 @@ def choose_crf(spec: Spec, models: dict[Job, Path], data: dict[float, SubtomoDat
     main_variant, n_main = spec.cosnet.segmentation.models[0][0], spec.cosnet.evaluation.train_n_ways[0]
     grid = spec.cosnet.crf.grid()
     rows, chosen = [], {}
-    for (variant, snr, n_train), path in models.items():
-        if (variant, n_train) != (main_variant, n_main):
+    for snr in data:
+        paths = [p for (variant, s, n_train, _), p in models.items() if (variant, s, n_train) == (main_variant, snr, n_main)]
+        if not paths:
             continue
-        val = segmentation_rows(spec, data[snr])[1]
-        probs = mask_probabilities(path, data[snr], val, device)
-        swept = sweep_crf_params(probs[:, None], _volumes(data[snr].volumes, val)[:, None], _volumes(data[snr].masks, val), grid)
+        val = selection_rows(data[snr], segmentation_rows(spec, data[snr])[1])
+        probs = torch.cat([mask_probabilities(p, data[snr], val, device) for p in paths])
+        images = _volumes(data[snr].volumes, val)[:, None].repeat(len(paths), 1, 1, 1, 1)
+        swept = sweep_crf_params(probs[:, None], images, _volumes(data[snr].masks, val).repeat(len(paths), 1, 1, 1), grid)
         rows += [{"snr": snr_label(snr), **r} for r in swept]
         chosen[snr] = select_crf_params(swept)
     if not chosen:
@@ -228,22 +326,22 @@ def refine_and_score(spec: Spec, models: dict[Job, Path], data: dict[float, Subt
     """Masks of the unseen test rows by every segmentation model, refined with the chosen CRF, scored by Dice.
 
     Returns one row per (model, volume) with ``dice_before`` (decoder mask > 0.5) and ``dice_after`` (CRF),
-    the decoder probabilities and the CRF labels per model, keyed by (variant, SNR, training n-way).
+    the decoder probabilities and the CRF labels per model, keyed by (variant, SNR, training n-way, seed index).
     """
     wanted = set(spec.cosnet.segmentation.models)
     records, probs, refined = [], {}, {}
-    for (variant, snr, n_train), path in models.items():
+    for (variant, snr, n_train, index), path in models.items():
         if (variant, snr) not in wanted:
             continue
         ds = data[snr]
         seg = segmentation_rows(spec, ds)[0]
         names = ds.meta.groupby("class_id")["pdb_id"].first()
         labels = ds.meta["class_id"].to_numpy()
-        pr = probs[(variant, snr, n_train)] = mask_probabilities(path, ds, seg, device)
+        pr = probs[(variant, snr, n_train, index)] = mask_probabilities(path, ds, seg, device)
         img, gt = _volumes(ds.volumes, seg)[:, None], _volumes(ds.masks, seg)
         q = torch.cat([dense_crf(probs_to_unary(pr[i : i + 4, None]), img[i : i + 4], chosen[snr]) for i in range(0, len(pr), 4)])
-        lab = refined[(variant, snr, n_train)] = q.argmax(1)
+        lab = refined[(variant, snr, n_train, index)] = q.argmax(1)
         before, after = dice((pr > 0.5).float(), gt).numpy(), dice(lab.float(), gt).numpy()
-        records += [{"model": variant, "snr": snr_label(snr), "train_n_way": n_train, "row": int(r), "class": names[labels[r]],
+        records += [{"model": variant, "snr": snr_label(snr), "train_n_way": n_train, "seed": index, "row": int(r), "class": names[labels[r]],
                      "dice_before": b, "dice_after": a} for r, b, a in zip(seg, before, after)]
     return pd.DataFrame(records), probs, refined

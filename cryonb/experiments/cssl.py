@@ -34,6 +34,7 @@ from cryonb.ssl import METHODS
 __all__ = [
     "recipes",
     "datasets",
+    "encoder_seed",
     "encoder_path",
     "ensure_encoder",
     "ensure_encoders",
@@ -57,30 +58,39 @@ def datasets(spec: Spec, progress: bool = True) -> dict[float, SubtomoDataset]:
     return {snr: ensure_dataset(r, progress=progress) for snr, r in recipes(spec).items()}
 
 
-def encoder_path(spec: Spec, method: str, snr: float, work_dir: str | Path) -> Path:
-    """Where the encoder of (method, SNR) lives; its folder name is the content key of what makes it."""
+def encoder_seed(spec: Spec, index: int) -> int:
+    """The pre-training seed of the ``index``-th independent encoder of a (method, SNR)."""
+    return spec.seed + index
+
+
+def encoder_path(spec: Spec, method: str, snr: float, work_dir: str | Path, index: int = 0) -> Path:
+    """Where encoder ``index`` of (method, SNR) lives; its folder name is the content key of what makes it."""
     if method not in METHODS:
         raise CryoNBError(f"unknown CSSL method {method!r}; expected one of {', '.join(METHODS)}")
-    key = content_key(method, recipes(spec)[snr].folder_name, spec.cssl.pretrain, spec.seed)
+    key = content_key(method, recipes(spec)[snr].folder_name, spec.cssl.pretrain, encoder_seed(spec, index))
     return Path(work_dir) / "cssl" / f"{method}-snr{snr_label(snr)}-{key}" / "encoder.pt"
 
 
-def ensure_encoder(spec: Spec, method: str, snr: float, work_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True) -> Path:
-    """The encoder checkpoint of (method, SNR): reused if present, else trained (or resumed) and written."""
-    target = encoder_path(spec, method, snr, work_dir)
+def ensure_encoder(spec: Spec, method: str, snr: float, work_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True,
+                   index: int = 0) -> Path:
+    """Encoder ``index`` of (method, SNR): reused if present, else trained (or resumed) and written."""
+    target = encoder_path(spec, method, snr, work_dir, index)
     if target.is_file():
         return target
     ds = ensure_dataset(recipes(spec)[snr], progress=progress)
-    encoder, history = pretrain.pretrain(method, ds, spec.cssl.pretrain, seed=spec.seed, device=device,
+    seed = encoder_seed(spec, index)
+    encoder, history = pretrain.pretrain(method, ds, spec.cssl.pretrain, seed=seed, device=device,
                                          checkpoint_dir=target.parent / "train", progress=progress)
-    meta: dict[str, Any] = {"method": method, "dataset": ds.root.name, "snr": snr, "seeds": {"pretrain": spec.seed},
+    meta: dict[str, Any] = {"method": method, "dataset": ds.root.name, "snr": snr, "encoder": index, "seeds": {"pretrain": seed}, "seed": seed,
                             "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "class_names": list(ds.classes)}
     return pretrain.save_encoder(target, encoder, history, meta)
 
 
-def ensure_encoders(spec: Spec, work_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True) -> dict[tuple[float, str], Path]:
-    """(SNR, method) → encoder checkpoint, for every SNR of the data and every CSSL method of the sweep."""
-    return {(snr, m): ensure_encoder(spec, m, snr, work_dir, device, progress) for snr in spec.cssl.data.snrs for m in spec.cssl.sweep.methods}
+def ensure_encoders(spec: Spec, work_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True) -> dict[tuple[float, str, int], Path]:
+    """(SNR, method, index) → encoder checkpoint: every SNR of the data, every CSSL method of the sweep, every
+    independent encoder (``cssl.sweep.encoders``)."""
+    return {(snr, m, i): ensure_encoder(spec, m, snr, work_dir, device, progress, i)
+            for snr in spec.cssl.data.snrs for m in spec.cssl.sweep.methods for i in range(spec.cssl.sweep.encoders)}
 
 
 def sweep_folder(spec: Spec, work_dir: str | Path) -> Path:
@@ -88,7 +98,8 @@ def sweep_folder(spec: Spec, work_dir: str | Path) -> Path:
 
     The list of cells (inits, fractions, runs) is not in the key: adding a fraction reuses the finished runs.
     """
-    encoders = {f"{snr_label(s)}-{m}": encoder_path(spec, m, s, work_dir).parent.name for s in spec.cssl.data.snrs for m in METHODS}
+    encoders = {f"{snr_label(s)}-{m}-{i}": encoder_path(spec, m, s, work_dir, i).parent.name
+                for s in spec.cssl.data.snrs for m in METHODS for i in range(spec.cssl.sweep.encoders)}
     data = sorted(r.folder_name for r in recipes(spec).values())
     return Path(work_dir) / "finetune" / content_key(spec.cssl.finetune, encoders, data, spec.seed)
 
@@ -100,7 +111,7 @@ def run_sweep(spec: Spec, work_dir: str | Path, device: torch.device | str = "cp
     Encoders are pre-trained on demand (only for runs still to do), so a finished sweep needs none.
     """
     data = datasets(spec, progress)
-    table = finetune.sweep(data, lambda snr, m: ensure_encoder(spec, m, snr, work_dir, device, progress), spec.cssl.finetune,
+    table = finetune.sweep(data, lambda snr, m, i: ensure_encoder(spec, m, snr, work_dir, device, progress, i), spec.cssl.finetune,
                            spec.cssl.sweep, sweep_folder(spec, work_dir), seed=spec.seed, device=device, max_runs=max_runs,
                            progress=progress)
     return table, data
