@@ -46,7 +46,8 @@ def test_filters_on_a_twice_finer_grid_agree_at_the_shared_frequencies() -> None
 
 
 def test_missing_wedge_lies_along_z_on_a_non_cubic_grid() -> None:
-    a, _ = tomogram_filters(SHAPE, CFG)
+    # geometry alone: exposure damage would lower the ky axis, which every tilt shares, to ~0.77 here
+    a, _ = tomogram_filters(SHAPE, dataclasses.replace(CFG, exposure_damage=False))
     nz, ny, nx = SHAPE
     # a quarter of the sampling rate along each axis: x and y are measured (tilt axis y), z is in the wedge
     assert a[0, 0, nx // 4] > 0.8 and a[0, ny // 4, 0] > 0.8
