@@ -55,6 +55,7 @@ __all__ = [
     "prepare",
     "crop_center",
     "exposure_filters",
+    "white_rfft",
     "irfftn_center_crop",
     "combine_at_snr",
 ]
@@ -250,6 +251,22 @@ def irfftn_center_crop(spec: torch.Tensor, s: int, size: int) -> np.ndarray:
     return x.numpy().astype(np.float64)
 
 
+def white_rfft(s: int, generator: torch.Generator) -> torch.Tensor:
+    """(s, s, s//2+1) complex64: the rfftn of an (s, s, s) field of unit-variance white noise, drawn directly.
+
+    Every bin is complex normal with E|X|² = s³; the kx = 0 and kx = s/2 planes are made Hermitian,
+    (Y + conj Y(−k)) / √2, as a real field's are (so the self-conjugate bins come out real). Statistically
+    the same as ``rfftn(randn(s, s, s))`` and one FFT cheaper; torch's sampler is 3x faster than numpy's.
+    Written by hand: no library draws a real field's spectrum directly.
+    """
+    z = torch.view_as_complex(torch.randn((s, s, s // 2 + 1, 2), generator=generator).mul_(math.sqrt(s**3 / 2)))
+    for ix in (0, s // 2):
+        plane = z[:, :, ix]
+        partner = torch.roll(torch.flip(plane, dims=(0, 1)), shifts=(1, 1), dims=(0, 1))  # index (−kz, −ky)
+        z[:, :, ix] = (plane + partner.conj()) / math.sqrt(2)
+    return z
+
+
 @lru_cache(maxsize=4)
 def _noise_amplitude(config_json: str) -> torch.Tensor:
     """sqrt(G) × MTF on the rfft grid: the reconstructed noise's amplitude spectrum (per geometry)."""
@@ -285,11 +302,10 @@ def simulate_fast(scene: np.ndarray, defocus_um: float, snr: float, config: Simu
     signal = irfftn_center_crop(spec, s, config.crop_size)
     if math.isinf(snr):
         return _finish(signal, None, snr, config)
-    # white noise in real space (torch's sampler, seeded from the sample's own generator: 3x faster than
-    # numpy's), coloured in Fourier space: the same statistics, and the same absolute variance, as the
-    # reference path's back-projected shot noise
+    # white noise drawn directly in Fourier space and coloured there: the same statistics, and the same
+    # absolute variance, as the reference path's back-projected shot noise
     gen = torch.Generator().manual_seed(int(rng.integers(2**63)))
-    noise_spec = torch.fft.rfftn(torch.randn((s, s, s), generator=gen))
+    noise_spec = white_rfft(s, gen)
     torch.view_as_real(noise_spec).mul_(_noise_amplitude(key)[..., None])
     noise = irfftn_center_crop(noise_spec, s, config.crop_size)
     return _finish(signal, noise, snr, config)

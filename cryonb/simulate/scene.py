@@ -6,10 +6,12 @@ Scenes are (s, s, s) float32 (z, y, x) potential maps with the target near the c
 
 Rotation without blur: each molecule's potential is band-limited to a sphere at the voxel's Nyquist
 frequency and also stored twice as finely sampled (:attr:`MoleculeMap.oversampled`); a rotated, shifted
-copy is read from that finer map with cubic B-spline interpolation (scipy.ndimage). On the finer grid
-the band reaches only a quarter of the sampling rate, where the cubic spline passes 98.5 % of the
-amplitude, so the rotated map keeps its high frequencies (trilinear interpolation on the voxel grid,
-used before, kept 40 % of the power at 0.3-0.5 cycles per voxel).
+copy is read from that finer map by quadratic B-spline interpolation (scipy.ndimage). On the finer grid
+the band reaches only a quarter of the sampling rate, where the interpolating quadratic spline passes
+97 % of the amplitude (its images beyond the band are 4 %), so the rotated map keeps its high
+frequencies; trilinear interpolation on the voxel grid, used before, kept 40 % of the power at 0.3-0.5
+cycles per voxel. Quadratic rather than cubic: 27 instead of 64 taps per voxel, 1.5x faster, and within
+1 % of the cubic spline's result here.
 """
 
 from __future__ import annotations
@@ -56,19 +58,23 @@ def random_rotation(rng: np.random.Generator) -> Rotation:
 
 
 @lru_cache(maxsize=16)
-def _centred_xyz_grid(t: int) -> np.ndarray:
-    """(t³, 3) float64 (x, y, z) voxel coordinates relative to index t/2, in C order of (z, y, x); cached per size."""
+def _ball(t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices, (n, 3) float64 (x, y, z) coordinates relative to index t/2) of the voxels of a t³ box
+    within the sphere inscribed in it (radius t/2); cached per size."""
     idx = np.arange(t, dtype=np.float64) - t / 2.0
     zz, yy, xx = np.meshgrid(idx, idx, idx, indexing="ij")
-    return np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
+    xyz = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
+    inside = np.flatnonzero((xyz**2).sum(1) <= (t / 2.0) ** 2)
+    return inside, xyz[inside]
 
 
-_SPLINE_PAD = 6  # the prefilter's edge effect decays as 0.27^n: 4e-4 after 6 voxels
+_SPLINE_ORDER = 2  # quadratic B-spline (see the module docstring)
+_SPLINE_PAD = 6  # the prefilter's edge effect decays as 0.17^n (quadratic; cubic 0.27^n): < 1e-4 after 6 voxels
 _SPLINE_CACHE: dict[int, tuple[weakref.ref[np.ndarray], np.ndarray]] = {}
 
 
 def _spline_coefficients(volume: np.ndarray) -> np.ndarray:
-    """Cubic B-spline coefficients of a map (scipy's prefilter), cached while the map lives: the same few
+    """B-spline coefficients of a map (scipy's prefilter), cached while the map lives: the same few
     molecule maps are rotated thousands of times."""
     hit = _SPLINE_CACHE.get(id(volume))
     if hit is not None and hit[0]() is volume:
@@ -76,7 +82,7 @@ def _spline_coefficients(volume: np.ndarray) -> np.ndarray:
     # zeros around the box: the spline then interpolates the map exactly up to its faces and falls to the
     # zero outside (scipy's prefilter and sampler treat a bare 'grid-constant' edge differently)
     padded = np.pad(np.asarray(volume, dtype=np.float64), _SPLINE_PAD)
-    coeffs = ndimage.spline_filter(padded, order=3, mode="mirror")
+    coeffs = ndimage.spline_filter(padded, order=_SPLINE_ORDER, mode="mirror")
     for key in [key for key, (ref, _) in _SPLINE_CACHE.items() if ref() is None]:
         del _SPLINE_CACHE[key]  # maps that were freed
     _SPLINE_CACHE[id(volume)] = (weakref.ref(volume), coeffs)
@@ -95,18 +101,22 @@ def rotate_map(density: np.ndarray, rotation: Rotation, shift_vox: np.ndarray, o
 
     Returns
     -------
-    (t, t, t) float32 map centred on index t / 2. Cubic B-spline interpolation (scipy.ndimage, zero
-    outside the box). Without oversampling (m = 1) the spline itself passes only 66 % of the amplitude
-    at the Nyquist frequency; with m = 2 it passes 98.5 % (see the module docstring).
+    (t, t, t) float32 map centred on index t / 2, zero outside the sphere inscribed in the box: the same
+    region in every orientation, unlike the box's corners, and half the work. (Molecule boxes reach
+    2 voxels beyond the atoms; the 0.2-0.6 % of a map's energy left outside is its band limit's ringing.)
+    Quadratic B-spline interpolation (scipy.ndimage, zero outside the map's box). Without oversampling (m = 1) the spline itself passes only half the amplitude
+    at the Nyquist frequency; with m = 2 it passes 97 % (see the module docstring).
     """
     m = int(oversample)
     t = density.shape[0] // m
-    p_xyz = _centred_xyz_grid(t) - np.asarray(shift_vox, dtype=np.float64)[::-1]
+    inside, p_xyz = _ball(t)
+    p_xyz = p_xyz - np.asarray(shift_vox, dtype=np.float64)[::-1]
     src = (p_xyz @ rotation.as_matrix()) * m + m * t / 2.0 + _SPLINE_PAD  # R^-1 p = R^T p for each row: p @ R
-    coords = src[:, ::-1].T  # (z, y, x) indices into the fine map
-    out = ndimage.map_coordinates(_spline_coefficients(density), coords, order=3, mode="grid-constant",
-                                  cval=0.0, prefilter=False)
-    return out.reshape(t, t, t).astype(np.float32)
+    values = ndimage.map_coordinates(_spline_coefficients(density), src[:, ::-1].T, order=_SPLINE_ORDER,
+                                     mode="grid-constant", cval=0.0, prefilter=False)
+    out = np.zeros(t**3, dtype=np.float32)
+    out[inside] = values
+    return out.reshape(t, t, t)
 
 
 def rotate_molecule(m: MoleculeMap, rotation: Rotation, shift_vox: np.ndarray) -> np.ndarray:
