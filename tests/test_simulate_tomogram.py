@@ -90,6 +90,20 @@ def test_no_noise_at_snr_inf_and_the_seed_fixes_everything() -> None:
     pd.testing.assert_frame_equal(_tomogram(0.5, seed=4).particles, _tomogram(0.5, seed=4).particles)
 
 
+def test_tomogram_polarity_and_dose_mode() -> None:
+    dark = _tomogram(0.5, seed=3)
+    bright = simulate_tomogram(SHAPE, SMALL, 5, 0.5, dataclasses.replace(CFG, polarity="bright"), np.random.default_rng(3),
+                               n_border=2, box_a=BOX_A)
+    np.testing.assert_array_equal(bright.volume, -dark.volume)
+    assert (dark.polarity, bright.polarity) == ("dark", "bright")
+    assert 0 < dark.dose_e_per_a2 < math.inf  # the equivalent dose of SNR 0.5
+    # dose mode: the shot noise of the dose; four times the dose, a quarter of the noise variance
+    low, high = (simulate_tomogram(SHAPE, SMALL, 5, 1.0, dataclasses.replace(CFG, noise="dose", exposure_damage=False,
+                                                                        dose_per_tilt_e_per_a2=d), np.random.default_rng(3),
+                                   n_border=2, box_a=BOX_A) for d in (1.0, 4.0))
+    assert low.dose_e_per_a2 == pytest.approx(61.0) and high.snr_measured == pytest.approx(4 * low.snr_measured, rel=0.1)
+
+
 def test_each_molecule_sits_at_its_coordinate() -> None:
     t = simulate_tomogram(SHAPE, ["3gl1"], 1, math.inf, CFG, np.random.default_rng(5), box_a=BOX_A)
     w = np.clip(t.potential, 0, None).astype(np.float64)

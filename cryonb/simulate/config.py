@@ -33,7 +33,13 @@ class SimulationConfig:
     2015) and its zero-loss electrons fall as exp(−t / (λ_in cos θ)) through ice of thickness
     ``ice_thickness_nm`` (energy filter assumed). ``noise="snr"`` (default, the papers' data sets)
     scales the noise to the requested SNR and reports the equivalent dose; ``noise="dose"`` draws the
-    shot noise of the dose itself (then the SNR is an output).
+    shot noise of the dose itself (then the SNR is an output, and a recipe's ``snr`` only switches the
+    noise off when it is ``inf``).
+
+    Solvent: molecule maps are the potential of protein minus the vitreous ice it displaces
+    (``ice_potential_v``), with implicit hydrogens (:mod:`cryonb.simulate.density`). Options:
+    ``phase_shift_deg`` (a phase plate) and ``phase_flip`` (CTF correction before back-projection).
+    Both imaging paths support every field.
     """
 
     voxel_size_a: float = 10.0
