@@ -32,11 +32,13 @@ __all__ = [
 ]
 
 
+@lru_cache(maxsize=16)
 def electron_wavelength_a(voltage_kv: float) -> float:
     """Relativistic electron wavelength λ in Å (torch-ctf's ``calculate_relativistic_electron_wavelength``)."""
     return float(calculate_relativistic_electron_wavelength(voltage_kv * 1e3)) * 1e10
 
 
+@lru_cache(maxsize=16)
 def interaction_constant_per_v_a(voltage_kv: float) -> float:
     """σ = 2π m e λ / h² in rad / (V·Å): the phase shift per volt·Å of projected potential.
 
