@@ -45,6 +45,7 @@ from tqdm import tqdm
 from cryonb.errors import CryoNBError
 from cryonb.io import check_mrc_header, require_file, write_mrc, write_text_atomic
 from cryonb.outputs import check_output_folder, output_folder
+from cryonb.simulate.polarity import MODEL_POLARITY, check_polarity, convert_polarity
 
 __all__ = [
     "ExtractResult",
@@ -535,6 +536,7 @@ def extract_subtomograms(
     write_mrcs: bool = False,
     progress: bool = True,
     overwrite: bool = False,
+    polarity: str = "dark",
 ) -> ExtractResult:
     """Extract every particle of ``coordinates`` from ``tomogram`` into ``out_dir``.
 
@@ -544,7 +546,10 @@ def extract_subtomograms(
     (:func:`cryonb.outputs.output_folder`): an interrupted or failed run leaves ``out_dir`` as it was,
     and a new run leaves no file of an earlier one. ``out_dir`` must be new, empty or an earlier
     extract output unless ``overwrite``; files there that extract does not write are kept.
-    Duplicate picks are extracted and named in a ``UserWarning``.
+    Duplicate picks are extracted and named in a ``UserWarning``. ``polarity`` says what the tomogram shows
+    ("dark": protein darker than ice, as reconstructed from raw tilts; "bright": after an invert-contrast step);
+    the boxes are converted to the models' convention (:data:`cryonb.simulate.MODEL_POLARITY`) and ``meta.csv``
+    records both (``polarity`` of the boxes, ``tomogram_polarity``).
 
     Raises
     ------
@@ -557,6 +562,7 @@ def extract_subtomograms(
         raise CryoNBError(f"box must be an integer >= 4 voxels, got {box!r}")
     if not voxel_size_a > 0:
         raise CryoNBError(f"model voxel size (--voxel-size-a) is {voxel_size_a} Å; expected > 0")
+    check_polarity(polarity, "tomogram polarity (--polarity)")
     _check_voxel_size(voxel_size_a, "model voxel size (--voxel-size-a)")
     tomo_path, out = Path(tomogram), Path(out_dir)
     inputs = (tomo_path, Path(coordinates))
@@ -580,6 +586,8 @@ def extract_subtomograms(
             volumes = np.lib.format.open_memmap(tmp / "volumes.npy", mode="w+", dtype=np.float32,
                                                 shape=(len(coords), box, box, box))
             _, meta = extract_boxes(data, coords, box, crop, out=volumes, source=str(tomo_path), progress=progress)
+            for start in range(0, len(volumes), 256):  # in chunks: the memmap never sits in memory whole
+                volumes[start : start + 256] = convert_polarity(volumes[start : start + 256], polarity, MODEL_POLARITY)
             if write_mrcs:
                 for i in range(len(volumes)):
                     write_mrc(tmp / "mrc" / f"subtomo_{i:06d}.mrc", volumes[i], voxel_size_a)
@@ -591,6 +599,8 @@ def extract_subtomograms(
             meta["voxel_size_a"] = float(voxel_size_a)
             meta["box"] = box
             meta["crop"] = crop
+            meta["polarity"] = MODEL_POLARITY
+            meta["tomogram_polarity"] = polarity
             if write_mrcs:
                 meta["mrc"] = [f"mrc/subtomo_{i:06d}.mrc" for i in range(len(meta))]
             write_text_atomic(tmp / "meta.csv", meta.to_csv(index=False))

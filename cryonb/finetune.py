@@ -210,6 +210,7 @@ def finetune_run(ds: Dataset, cfg: FinetuneConfig, *, fraction: float, seed: int
         return {"val_acc": float(np.mean(_predict(net, x_va, dev) == y_va))}
 
     best_meta = {"class_names": list(ds.classes), "box": int(ds.volumes.shape[1]), "voxel_size_a": _voxel_size(ds),
+                 "polarity": getattr(ds, "polarity", None),
                  "seeds": {"run": seed, "sweep": base_seed}, "seed": seed, "fraction": fraction, **(meta or {})}
     history = fit(model, loss_fn, batches, cfg.train, seed=seed, device=device, checkpoint_dir=folder, progress=False,
                   validate=validate, select_metric="val_acc", best_kind="rb3d", best_meta=best_meta)

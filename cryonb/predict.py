@@ -45,12 +45,14 @@ class Subtomograms:
     volumes: (N, box, box, box) float32, z-scored (memory-mapped).
     meta: one row per volume.
     voxel_size_a: model voxel size in Å (from meta.csv; None if absent).
+    polarity: "dark" or "bright" protein in the boxes (from meta.csv; None if absent).
     """
 
     folder: Path
     volumes: np.ndarray
     meta: pd.DataFrame
     voxel_size_a: float | None
+    polarity: str | None = None
 
 
 @dataclass(frozen=True)
@@ -81,7 +83,8 @@ def load_subtomograms(folder: str | os.PathLike[str]) -> Subtomograms:
     if len(meta) != len(volumes):
         raise CryoNBError(f"{f}: meta.csv has {len(meta)} rows but volumes.npy holds {len(volumes)} volumes")
     voxel = float(meta["voxel_size_a"].iloc[0]) if "voxel_size_a" in meta and len(meta) else None
-    return Subtomograms(f, volumes, meta, voxel)
+    polarity = str(meta["polarity"].iloc[0]) if "polarity" in meta and len(meta) else None
+    return Subtomograms(f, volumes, meta, voxel, polarity)
 
 
 def _zscore(v: np.ndarray, source: Path) -> np.ndarray:
@@ -106,6 +109,12 @@ def _check_data(payload: dict[str, Any], subtomos: Subtomograms, source: str, bo
         raise CryoNBError(
             f"{source}: model trained at {float(trained_a):g} Å voxels, the subtomograms are {subtomos.voxel_size_a:g} Å; "
             f"re-extract with --voxel-size-a {float(trained_a):g}"
+        )
+    trained, boxes = payload.get("polarity"), subtomos.polarity
+    if trained is not None and boxes is not None and trained != boxes:
+        raise CryoNBError(
+            f"{source}: model trained on protein-{trained} boxes, {subtomos.folder} holds protein-{boxes} boxes; "
+            f"re-extract with the --polarity your tomogram shows (the boxes are then converted to the model's)"
         )
 
 

@@ -431,3 +431,20 @@ def test_bad_tomogram_headers_are_named(tmp_path: Path) -> None:
         mrc.voxel_size = TOMO_A
     with pytest.raises(CryoNBError, match=r"stack\.mrc: an image stack \(MRC space group ispg 0: 40 images of 72 x 96\), not a volume"):
         extract_subtomograms(stack, coords, tmp_path / "o", progress=False)
+
+
+def test_polarity_is_converted_to_the_models_and_recorded(tmp_path: Path, capsys: pytest.CaptureFixture[str]) -> None:
+    """Issue #15: a tomogram showing protein bright is negated to the models' dark convention; meta.csv says so."""
+    tomo = _tomogram(tmp_path / "t.mrc")
+    coords = _csv(tmp_path / "c.csv", BLOBS_XYZ)
+    assert _extract_cli(tomo, coords, tmp_path / "dark") == 0
+    assert _extract_cli(tomo, coords, tmp_path / "bright", "--polarity", "bright") == 0
+    dark, bright = np.load(tmp_path / "dark" / "volumes.npy"), np.load(tmp_path / "bright" / "volumes.npy")
+    np.testing.assert_array_equal(bright, -dark)
+    meta = pd.read_csv(tmp_path / "bright" / "meta.csv")
+    assert set(meta.polarity) == {"dark"} and set(meta.tomogram_polarity) == {"bright"}
+    with pytest.raises(SystemExit):  # argparse's own usage error, exit status 2
+        _extract_cli(tomo, coords, tmp_path / "x", "--polarity", "white")
+    assert "invalid choice: 'white'" in capsys.readouterr().err
+    with pytest.raises(CryoNBError, match=r"tomogram polarity \(--polarity\)='grey': expected 'dark'"):
+        extract_subtomograms(tomo, coords, tmp_path / "y", box=16, polarity="grey", progress=False)

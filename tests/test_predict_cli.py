@@ -295,3 +295,15 @@ def test_output_folders_never_become_support_classes(tmp_path: Path) -> None:
         read_support(support, BOX, 10.0)
     with pytest.raises(CryoNBError, match=r"oneshot: an output folder of cryonb \(\.cryonb-output\.json\), not a support folder"):
         read_support(out, BOX, 10.0)
+
+
+def test_boxes_of_the_other_polarity_are_refused(tmp_path: Path) -> None:
+    """Issue #15: a checkpoint records the polarity it was trained on; boxes of the other one are an error."""
+    from cryonb.predict import classify_predict
+
+    sub = _subtomos(tmp_path / "sub")
+    meta = pd.read_csv(sub / "meta.csv").assign(polarity="bright")
+    meta.to_csv(sub / "meta.csv", index=False)
+    with pytest.raises(CryoNBError, match=r"dark\.pt: model trained on protein-dark boxes, .*sub holds protein-bright boxes; re-extract with the --polarity"):
+        classify_predict(_rb3d_checkpoint(tmp_path / "dark.pt", polarity="dark"), load_subtomograms(sub))
+    assert len(classify_predict(_rb3d_checkpoint(tmp_path / "same.pt", polarity="bright"), load_subtomograms(sub))) == 6

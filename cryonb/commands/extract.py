@@ -8,7 +8,9 @@ Coordinates: a RELION/Warp STAR file (rlnCoordinateX/Y/Z, tomogram voxels; or RE
 rlnCenteredCoordinateX/Y/ZAngst) or a CSV with x, y, z columns (tomogram voxels, 0-based).
 The tomogram is memory-mapped; each box is cut at round(box * voxel-size-a / tomogram voxel size)
 voxels, resampled to --box in Fourier space and z-scored. Boxes reaching past the tomogram's
-edge are padded with their mean and flagged `border` in meta.csv, never dropped.
+edge are padded with their mean and flagged `border` in meta.csv, never dropped. The models take protein
+dark (as reconstructed from raw tilts); a tomogram showing protein bright needs --polarity bright, and
+classify/oneshot refuse boxes whose recorded polarity is not their checkpoint's.
 
 Writes OUT/volumes.npy (N, box, box, box) float32, OUT/meta.csv and with --mrc OUT/mrc/*.mrc, as one
 unit: an interrupted run leaves OUT as it was. OUT must be new, empty or an earlier extract output
@@ -37,6 +39,9 @@ def add_args(parser: argparse.ArgumentParser) -> None:
         "--tomo-voxel-size-a", type=float, default=None, help="tomogram voxel size in Å (default: MRC header)"
     )
     parser.add_argument("--tomo-name", default=None, help="keep only this rlnTomoName of a multi-tomogram STAR")
+    parser.add_argument("--polarity", choices=["dark", "bright"], default="dark",
+                        help="what the tomogram shows: 'dark' protein (as reconstructed from raw tilts: IMOD, AreTomo, Warp; "
+                        "the default) or 'bright' (after an invert-contrast step); boxes are converted to the models' dark convention")
     parser.add_argument("--mrc", action="store_true", help="also write one MRC file per box")
     parser.add_argument("--quiet", action="store_true", help="no progress bar")
     parser.add_argument("--overwrite", action="store_true", help="write into a non-empty folder that is not an "
@@ -58,6 +63,7 @@ def main(args: argparse.Namespace) -> int:
                 write_mrcs=args.mrc,
                 progress=not args.quiet,
                 overwrite=args.overwrite,
+                polarity=args.polarity,
             )
         finally:
             for w in caught:  # one plain line each, not Python's file:line format

@@ -99,7 +99,8 @@ def ensure_model(spec: Spec, variant: str, snr: float, n_way: int, index: int, w
     net, log = oneshot.train_cosnet(cfg, ds.volumes, ds.masks, ds.meta["class_id"].to_numpy(), pool, seed=seed, device=device,
                                     checkpoint_dir=target.with_suffix(".run"), progress=progress)
     meta = {"variant": variant, "snr": snr, "train_n_way": n_way, "dataset": ds.root.name, "seeds": {"train": seed}, "seed": seed, "seed_index": index,
-            "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "seen_classes": sorted(set(ds.meta.pdb_id.to_numpy()[pool]))}
+            "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "polarity": getattr(ds, "polarity", None),
+            "seen_classes": sorted(set(ds.meta.pdb_id.to_numpy()[pool]))}
     oneshot.save_cosnet(target, net, log, meta)
     shutil.rmtree(target.with_suffix(".run"), ignore_errors=True)  # fit's resumable state: not needed once the model is written
     return target

@@ -82,7 +82,8 @@ def ensure_encoder(spec: Spec, method: str, snr: float, work_dir: str | Path, de
     encoder, history = pretrain.pretrain(method, ds, spec.cssl.pretrain, seed=seed, device=device,
                                          checkpoint_dir=target.parent / "train", progress=progress)
     meta: dict[str, Any] = {"method": method, "dataset": ds.root.name, "snr": snr, "encoder": index, "seeds": {"pretrain": seed}, "seed": seed,
-                            "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "class_names": list(ds.classes)}
+                            "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "polarity": ds.polarity,
+                            "class_names": list(ds.classes)}
     return pretrain.save_encoder(target, encoder, history, meta)
 
 

@@ -4,7 +4,7 @@ A :class:`DatasetRecipe` fully determines a data set; :func:`ensure_dataset` gen
 ``data/generated/<name>-<hash>/`` (hash of the recipe) unless it is already there, else loads it.
 Folder contents: ``volumes.npy`` (n, c, c, c) float32 z-scored subtomograms, ``masks.npy``
 (n, c, c, c) uint8 target masks, ``meta.csv`` (one row per subtomogram), ``recipe.json`` (the
-recipe, sizes, sha256 of each file). Generation streams chunks into memory-mapped arrays inside
+recipe, its contrast ``polarity``, sizes, sha256 of each file). Generation streams chunks into memory-mapped arrays inside
 ``<folder>.partial/`` (resumable after an interruption) and renames the folder when complete.
 
 Integrity: each chunk's sha256 is recorded as it is written, so a resumed run keeps only chunks that
@@ -73,7 +73,7 @@ __all__ = [
 #: pre-trained on the CSSL classes has never seen them either. The paper used 22 classes (14 seen,
 #: 8 unseen), not all public; we have 15 (10 seen, 5 unseen).
 COSNET_UNSEEN_CLASSES: tuple[str, ...] = ("1w6t", "2bo9", "2gho", "3d2f", "3h84")
-_FORMAT_VERSION = 4  # bump when the simulator changes what a recipe produces
+_FORMAT_VERSION = 5  # bump when the simulator changes what a recipe produces (5: physics v2, protein dark)
 
 
 @dataclass(frozen=True)
@@ -167,7 +167,7 @@ class SubtomoDataset:
 
     volumes: (n, c, c, c) float32 memmap, each subtomogram z-scored over its crop.
     masks: (n, c, c, c) uint8 memmap, target mask from the noise-free potential.
-    meta: DataFrame, one row per subtomogram (class_id, pdb_id, split, class_split, snr, ...).
+    meta: DataFrame, one row per subtomogram (class_id, pdb_id, split, class_split, snr, polarity, ...).
     """
 
     def __init__(self, root: str | os.PathLike[str], verify: bool = True) -> None:
@@ -218,6 +218,12 @@ class SubtomoDataset:
     def voxel_size_a(self) -> float:
         return self.recipe.simulation.voxel_size_a
 
+    @property
+    def polarity(self) -> str:
+        """'dark' (protein darker than ice) or 'bright'. Data sets of format 4 and older predate the
+        field and were simulated bright (their CTF had the opposite sign)."""
+        return str(self.info.get("polarity", "bright"))
+
 
 def _splits(recipe: DatasetRecipe) -> tuple[list[str], list[str]]:
     """(split, class_split) per sample index; stratified within each seen class, fixed by the seed."""
@@ -240,7 +246,8 @@ def _splits(recipe: DatasetRecipe) -> tuple[list[str], list[str]]:
 def load_maps(recipe: DatasetRecipe) -> list[MoleculeMap]:
     """Potential maps of the recipe's classes (cached on disk); raises if one exceeds the crop."""
     sim = recipe.simulation
-    maps = [molecule_map(c, sim.voxel_size_a, mask_volume_factor=sim.mask_volume_factor) for c in recipe.classes]
+    maps = [molecule_map(c, sim.voxel_size_a, mask_volume_factor=sim.mask_volume_factor, ice_potential_v=sim.ice_potential_v)
+            for c in recipe.classes]
     for m in maps:
         if 2 * m.radius_a / sim.voxel_size_a > sim.crop_size:
             raise CryoNBError(f"{m.pdb_id}: molecule diameter {2 * m.radius_a:.0f} Å exceeds the crop box "
@@ -268,7 +275,8 @@ def simulate_sample(recipe: DatasetRecipe, index: int, maps: list[MoleculeMap]) 
         "shift": ";".join(f"{a:.4f}" for a in tgt.offset_vox),
         "n_neighbours": len(scene.placements) - 1,
         "neighbours": ";".join(recipe.classes[p.class_id] for p in scene.placements[1:]),
-        "mask_fraction": float(mask.mean()), "path": sim.path,
+        "mask_fraction": float(mask.mean()), "path": sim.path, "polarity": sim.polarity, "noise": sim.noise,
+        "dose_e_per_a2": sub.dose_e_per_a2,
     }
     return vol.astype(np.float32), mask.astype(np.uint8), row
 
@@ -578,7 +586,7 @@ def _generate(recipe: DatasetRecipe, root: Path, n_workers: int | None, chunk_si
     done_path.unlink()
     info = {
         "recipe": recipe.to_dict(), "hash": recipe.content_hash(), "format_version": _FORMAT_VERSION,
-        "n": n, "crop_size": c, "voxel_size_a": recipe.simulation.voxel_size_a,
+        "polarity": recipe.simulation.polarity, "n": n, "crop_size": c, "voxel_size_a": recipe.simulation.voxel_size_a,
         "sha256": {f: file_digest(partial / f) for f in ("volumes.npy", "masks.npy", "meta.csv")},
     }
     write_text_atomic(partial / "recipe.json", json.dumps(info, indent=2))

@@ -3,23 +3,32 @@
 Scenes are (s, s, s) float32 (z, y, x) potential maps with the target near the centre
 (offset by a small jitter); neighbours are packed as non-overlapping spheres (bounding radius
 + a 5 Å gap) close enough to enter the cropped subtomogram, as in a crowded cytoplasm.
+
+Rotation without blur: each molecule's potential is band-limited to a sphere at the voxel's Nyquist
+frequency and also stored twice as finely sampled (:attr:`MoleculeMap.oversampled`); a rotated, shifted
+copy is read from that finer map by quadratic B-spline interpolation (scipy.ndimage). On the finer grid
+the band reaches only a quarter of the sampling rate, where the interpolating quadratic spline passes
+97 % of the amplitude (its images beyond the band are 4 %), so the rotated map keeps its high
+frequencies; trilinear interpolation on the voxel grid, used before, kept 40 % of the power at 0.3-0.5
+cycles per voxel. Quadratic rather than cubic: 27 instead of 64 taps per voxel, 1.5x faster, and within
+1 % of the cubic spline's result here.
 """
 
 from __future__ import annotations
 
+import weakref
 from dataclasses import dataclass
 from functools import lru_cache
 
 import numpy as np
-import torch
-import torch.nn.functional as F
+from scipy import ndimage
 from scipy.spatial.transform import Rotation
 
 from cryonb.errors import CryoNBError
 from cryonb.simulate.config import SimulationConfig
 from cryonb.simulate.density import MoleculeMap
 
-__all__ = ["Placement", "Scene", "rotate_map", "make_scene", "random_rotation"]
+__all__ = ["Placement", "Scene", "rotate_map", "rotate_molecule", "make_scene", "random_rotation"]
 
 _GAP_A = 5.0
 
@@ -49,28 +58,72 @@ def random_rotation(rng: np.random.Generator) -> Rotation:
 
 
 @lru_cache(maxsize=16)
-def _centred_xyz_grid(t: int) -> torch.Tensor:
-    """(t, t, t, 3) float64 (x, y, z) voxel coordinates relative to index t/2; cached per size."""
-    idx = torch.arange(t, dtype=torch.float64) - t / 2.0
-    zz, yy, xx = torch.meshgrid(idx, idx, idx, indexing="ij")
-    return torch.stack([xx, yy, zz], dim=-1)
+def _ball(t: int) -> tuple[np.ndarray, np.ndarray]:
+    """(flat indices, (n, 3) float64 (x, y, z) coordinates relative to index t/2) of the voxels of a t³ box
+    within the sphere inscribed in it (radius t/2); cached per size."""
+    idx = np.arange(t, dtype=np.float64) - t / 2.0
+    zz, yy, xx = np.meshgrid(idx, idx, idx, indexing="ij")
+    xyz = np.stack([xx.ravel(), yy.ravel(), zz.ravel()], axis=-1)
+    inside = np.flatnonzero((xyz**2).sum(1) <= (t / 2.0) ** 2)
+    return inside, xyz[inside]
 
 
-def rotate_map(density: np.ndarray, rotation: Rotation, shift_vox: np.ndarray) -> np.ndarray:
-    """Rotate a centred (t, t, t) map about index t/2 and shift it by a sub-voxel amount.
+_SPLINE_ORDER = 2  # quadratic B-spline (see the module docstring)
+_SPLINE_PAD = 6  # the prefilter's edge effect decays as 0.17^n (quadratic; cubic 0.27^n): < 1e-4 after 6 voxels
+_SPLINE_CACHE: dict[int, tuple[weakref.ref[np.ndarray], np.ndarray]] = {}
 
-    rotation acts on (x, y, z) molecule coordinates; shift_vox is (z, y, x) in voxels.
-    Trilinear interpolation (torch grid_sample); returns (t, t, t) float32.
+
+def _spline_coefficients(volume: np.ndarray) -> np.ndarray:
+    """B-spline coefficients of a map (scipy's prefilter), cached while the map lives: the same few
+    molecule maps are rotated thousands of times."""
+    hit = _SPLINE_CACHE.get(id(volume))
+    if hit is not None and hit[0]() is volume:
+        return hit[1]
+    # zeros around the box: the spline then interpolates the map exactly up to its faces and falls to the
+    # zero outside (scipy's prefilter and sampler treat a bare 'grid-constant' edge differently)
+    padded = np.pad(np.asarray(volume, dtype=np.float64), _SPLINE_PAD)
+    coeffs = ndimage.spline_filter(padded, order=_SPLINE_ORDER, mode="mirror")
+    for key in [key for key, (ref, _) in _SPLINE_CACHE.items() if ref() is None]:
+        del _SPLINE_CACHE[key]  # maps that were freed
+    _SPLINE_CACHE[id(volume)] = (weakref.ref(volume), coeffs)
+    return coeffs
+
+
+def rotate_map(density: np.ndarray, rotation: Rotation, shift_vox: np.ndarray, oversample: int = 1) -> np.ndarray:
+    """Rotate a centred map about its centre and shift it by a sub-voxel amount.
+
+    Parameters
+    ----------
+    density : (m t, m t, m t) map (z, y, x) centred on index m t / 2, sampled ``oversample`` = m times
+        finer than the output (:attr:`MoleculeMap.oversampled` with m = ``MAP_OVERSAMPLE``).
+    rotation : acts on (x, y, z) molecule coordinates.
+    shift_vox : (z, y, x) shift in output voxels.
+
+    Returns
+    -------
+    (t, t, t) float32 map centred on index t / 2, zero outside the sphere inscribed in the box: the same
+    region in every orientation, unlike the box's corners, and half the work. (Molecule boxes reach
+    2 voxels beyond the atoms; the 0.2-0.6 % of a map's energy left outside is its band limit's ringing.)
+    Quadratic B-spline interpolation (scipy.ndimage, zero outside the map's box). Without oversampling (m = 1) the spline itself passes only half the amplitude
+    at the Nyquist frequency; with m = 2 it passes 97 % (see the module docstring).
     """
-    t = density.shape[0]
-    c = t / 2.0
-    p_xyz = _centred_xyz_grid(t) - torch.as_tensor(np.asarray(shift_vox, dtype=np.float64)[::-1].copy())
-    inv = torch.as_tensor(rotation.inv().as_matrix(), dtype=torch.float64)
-    src = p_xyz @ inv.T + c  # (t, t, t, 3) source (x, y, z) indices
-    grid = (src / (t - 1) * 2 - 1).to(torch.float32)[None]
-    vol = torch.as_tensor(density, dtype=torch.float32)[None, None]
-    out = F.grid_sample(vol, grid, mode="bilinear", padding_mode="zeros", align_corners=True)
-    return out[0, 0].numpy()
+    m = int(oversample)
+    t = density.shape[0] // m
+    inside, p_xyz = _ball(t)
+    p_xyz = p_xyz - np.asarray(shift_vox, dtype=np.float64)[::-1]
+    src = (p_xyz @ rotation.as_matrix()) * m + m * t / 2.0 + _SPLINE_PAD  # R^-1 p = R^T p for each row: p @ R
+    values = ndimage.map_coordinates(_spline_coefficients(density), src[:, ::-1].T, order=_SPLINE_ORDER,
+                                     mode="grid-constant", cval=0.0, prefilter=False)
+    out = np.zeros(t**3, dtype=np.float32)
+    out[inside] = values
+    return out.reshape(t, t, t)
+
+
+def rotate_molecule(m: MoleculeMap, rotation: Rotation, shift_vox: np.ndarray) -> np.ndarray:
+    """:func:`rotate_map` of a molecule's finer map (its voxel-grid map if it has none): (t, t, t) float32."""
+    if m.oversampled is None:
+        return rotate_map(m.density, rotation, shift_vox)
+    return rotate_map(m.oversampled, rotation, shift_vox, oversample=m.oversampled.shape[0] // m.density.shape[0])
 
 
 def paste_block(volume: np.ndarray, block: np.ndarray, centre_index: np.ndarray) -> None:
@@ -88,7 +141,7 @@ def paste_block(volume: np.ndarray, block: np.ndarray, centre_index: np.ndarray)
 
 def _place(scene: np.ndarray, m: MoleculeMap, rot: Rotation, offset_vox: np.ndarray) -> np.ndarray:
     whole = np.round(offset_vox).astype(np.int64)
-    block = rotate_map(m.density, rot, offset_vox - whole)
+    block = rotate_molecule(m, rot, offset_vox - whole)
     paste_block(scene, block, scene.shape[0] // 2 + whole)
     return block
 
@@ -118,7 +171,7 @@ def make_scene(
     target = np.zeros((s, s, s), dtype=np.float32)
     rot = random_rotation(rng)
     shift = rng.uniform(-config.max_shift_vox, config.max_shift_vox, size=3)
-    block = rotate_map(tgt.density, rot, shift - np.round(shift))
+    block = rotate_molecule(tgt, rot, shift - np.round(shift))
     paste_block(target, block, s // 2 + np.round(shift).astype(np.int64))
     volume += target
     placements = [Placement(target_class, tuple(rot.as_euler("ZYZ", degrees=True)), tuple(shift))]

@@ -4,8 +4,10 @@ For trying the user path (``extract`` → ``classify`` → ``oneshot``) on data 
 The imaging is the fast simulator's (:mod:`cryonb.simulate.imaging`): the missing-wedge transfer A(k)
 and the weighted back-projection's noise power G(k), both *measured* once on the simulator's cubic
 scene geometry (:func:`~cryonb.simulate.imaging.fast_filters`), are interpolated onto the tomogram's
-(non-cubic) frequency grid in cycles per voxel; CTF × envelope × MTF come from
-:mod:`cryonb.simulate.optics` in Å⁻¹. One defocus for the whole tomogram (no defocus gradient).
+(non-cubic) frequency grid in cycles per voxel; contrast × CTF × envelope × MTF come from
+:mod:`cryonb.simulate.optics` in Å⁻¹. One defocus for the whole tomogram (no defocus gradient). The
+exposure damage, ice, dose, noise mode, phase plate, phase flipping and polarity follow ``config``
+as in the data sets.
 
 SNR is defined as in the data sets: Var(signal) / Var(noise), here with the signal variance averaged
 over one model-sized box (``box_a``) around each particle and, with ``band_voxel_size_a``, both
@@ -35,8 +37,8 @@ from cryonb.io import write_text_atomic
 from cryonb.simulate.config import SimulationConfig, check_snr
 from cryonb.simulate.density import MoleculeMap, molecule_map
 from cryonb.simulate.imaging import fast_filters
-from cryonb.simulate.optics import mtf_of_k, transfer_of_k
-from cryonb.simulate.scene import paste_block, random_rotation, rotate_map
+from cryonb.simulate.optics import contrast_per_density, mtf_of_k, transfer_of_k
+from cryonb.simulate.scene import paste_block, random_rotation, rotate_molecule
 
 __all__ = [
     "SimulatedTomogram",
@@ -58,6 +60,8 @@ class SimulatedTomogram:
     particles: one row per molecule: ``x, y, z`` (voxels), ``class_id``, ``pdb_id``, ``euler_zyz_deg``,
         ``near_border`` (placed so that a ``box_a`` box reaches past the x or y edge).
     voxel_size_a, defocus_um: imaging; snr_measured: the SNR as defined in the module docstring.
+    dose_e_per_a2: total dose whose shot noise the noise is (in SNR mode the equivalent dose; inf: no noise).
+    polarity: 'dark' (protein darker than ice) or 'bright', as ``config.polarity``.
     """
 
     volume: np.ndarray
@@ -66,6 +70,8 @@ class SimulatedTomogram:
     voxel_size_a: float
     defocus_um: float
     snr_measured: float
+    dose_e_per_a2: float = math.nan
+    polarity: str = "dark"
 
 
 def _check_shape(shape_zyx: Sequence[int]) -> tuple[int, int, int]:
@@ -197,7 +203,7 @@ def _scene(shape: tuple[int, int, int], maps: list[MoleculeMap], particles: pd.D
     for zyx, cls in zip(particles[["z", "y", "x"]].to_numpy(), particles["class_id"]):
         rot = random_rotation(rng)
         whole = np.round(zyx).astype(np.int64)
-        paste_block(volume, rotate_map(maps[int(cls)].density, rot, zyx - whole), whole)
+        paste_block(volume, rotate_molecule(maps[int(cls)], rot, zyx - whole), whole)
         eulers.append(";".join(f"{a:.4f}" for a in rot.as_euler("ZYZ", degrees=True)))
     return volume, eulers
 
@@ -233,7 +239,8 @@ def simulate_tomogram(
     ----------
     shape_zyx : tomogram size in voxels (z is the beam direction; the tilt axis is y, as in the data sets).
     classes : bundled PDB ids (or structure files); ``class_id`` indexes this list.
-    snr : Var(signal) / Var(noise) over a ``box_a`` box around each particle (``math.inf``: no noise).
+    snr : Var(signal) / Var(noise) over a ``box_a`` box around each particle (``math.inf``: no noise). With
+        ``config.noise == "dose"`` the noise is the shot noise of the dose and ``snr`` only switches it off (inf).
     config : optics and tilt scheme; ``config.voxel_size_a`` is the tomogram's voxel size. One defocus is
         drawn from ``[defocus_um_min, defocus_um_max]``.
     rng : the only source of randomness (positions, orientations, defocus, noise).
@@ -248,7 +255,7 @@ def simulate_tomogram(
         raise CryoNBError("classes: expected at least one PDB id")
     vs = config.voxel_size_a
     box_vox = int(round(box_a / vs))
-    maps = [molecule_map(c, vs, mask_volume_factor=config.mask_volume_factor) for c in classes]
+    maps = [molecule_map(c, vs, mask_volume_factor=config.mask_volume_factor, ice_potential_v=config.ice_potential_v) for c in classes]
     radii = [m.radius_a / vs for m in maps]
     particles = place_particles(shape, radii, n_particles, box_vox, rng, n_border=n_border, gap_vox=_GAP_A / vs)
     potential, eulers = _scene(shape, maps, particles, rng)
@@ -257,19 +264,24 @@ def simulate_tomogram(
     defocus_um = float(rng.uniform(config.defocus_um_min, config.defocus_um_max))
     a, g = tomogram_filters(shape, config)
     k = _k_grid(shape, vs)
-    signal_spec = torch.fft.rfftn(torch.from_numpy(potential)) * a * transfer_of_k(k, defocus_um, config).to(torch.float32)
+    sign = -1.0 if config.polarity == "bright" else 1.0  # "bright": the same tomogram negated
+    h = sign * contrast_per_density(config) * transfer_of_k(k, defocus_um, config)
+    signal_spec = torch.fft.rfftn(torch.from_numpy(potential)) * a * h.to(torch.float32)
     signal = torch.fft.irfftn(signal_spec, s=shape).numpy()
+    done = dict(voxel_size_a=vs, defocus_um=defocus_um, polarity=config.polarity)
     if math.isinf(snr):
-        return SimulatedTomogram(signal.astype(np.float32), potential, particles, vs, defocus_um, math.inf)
-    # complex white noise drawn directly on the rfft grid, coloured like the back-projected data sets'
-    white = torch.from_numpy(rng.standard_normal((2, *a.shape), dtype=np.float32))
-    noise_spec = torch.complex(white[0], white[1]) * torch.sqrt(g.clamp(min=0)) * mtf_of_k(k, config).to(torch.float32)
+        return SimulatedTomogram(signal.astype(np.float32), potential, particles, snr_measured=math.inf, dose_e_per_a2=math.inf, **done)
+    # white noise in real space coloured like the back-projected shot noise of the configured dose (G is absolute)
+    white = torch.from_numpy(rng.standard_normal(shape, dtype=np.float32))
+    noise_spec = torch.fft.rfftn(white) * torch.sqrt(g.clamp(min=0)) * mtf_of_k(k, config).to(torch.float32)
     noise = torch.fft.irfftn(noise_spec, s=shape).numpy()
     band = _band_mask(shape, vs, box_vox, band_voxel_size_a)
     signal_var = _box_signal_variance(torch.fft.irfftn(signal_spec * band, s=shape).numpy(), particles, box_vox)
     noise_var = float(torch.fft.irfftn(noise_spec * band, s=shape).numpy().var(dtype=np.float64))
-    scale = math.sqrt(signal_var / (snr * noise_var))
-    return SimulatedTomogram((signal + scale * noise).astype(np.float32), potential, particles, vs, defocus_um, signal_var / (scale**2 * noise_var))
+    total_dose = config.dose_per_tilt_e_per_a2 * len(config.tilts_deg())
+    scale = 1.0 if config.noise == "dose" else math.sqrt(signal_var / (snr * noise_var))
+    return SimulatedTomogram((signal + sign * scale * noise).astype(np.float32), potential, particles,
+                             snr_measured=signal_var / (scale**2 * noise_var), dose_e_per_a2=total_dose / scale**2, **done)
 
 
 def write_coordinates_star(path: str | os.PathLike[str], particles: pd.DataFrame, tomo_name: str | None = None) -> Path:
