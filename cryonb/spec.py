@@ -36,11 +36,13 @@ from cryonb.oneshot import COSNetTrainConfig, LossConfig
 from cryonb.paths import repo_root
 from cryonb.pretrain import PretrainConfig
 from cryonb.simulate.config import check_snr
+from cryonb.structures import ALL_CLASSES
 from cryonb.train import TrainConfig
 
 __all__ = [
     "PROFILE_SECTIONS",
     "DataSpec",
+    "COSNetDataSpec",
     "ClassifierSpec",
     "CSSLSpec",
     "EvaluationSpec",
@@ -123,6 +125,35 @@ class DataSpec:
         raw = _mapping(raw, what)
         reject_unknown_keys(raw, cls, what)
         return cls(snrs=_snrs(raw.get("snrs"), f"{what}.snrs"), n_per_class=_positive_int(raw.get("n_per_class"), f"{what}.n_per_class"))
+
+
+@dataclass(frozen=True)
+class COSNetDataSpec(DataSpec):
+    """COS-Net's data sets: every bundled class; ``unseen`` are the test classes, ``validation`` the classes only
+    choices made from data see (the rest are seen). The lists are written out in the spec and must equal
+    :func:`cryonb.structures.cosnet_split`'s rule (a test checks)."""
+
+    unseen: tuple[str, ...] = ()
+    validation: tuple[str, ...] = ()
+
+    @classmethod
+    def from_dict(cls, raw: Any, what: str) -> "COSNetDataSpec":
+        raw = _mapping(raw, what)
+        reject_unknown_keys(raw, cls, what)
+        lists = {}
+        for key in ("unseen", "validation"):
+            values = raw.get(key)
+            if not isinstance(values, (list, tuple)) or not values:
+                raise CryoNBError(f"{what}.{key}={values!r}: expected a non-empty list of PDB ids")
+            unknown = sorted(set(map(str, values)) - set(ALL_CLASSES))
+            if unknown:
+                raise CryoNBError(f"{what}.{key}: {unknown} are not bundled structures ({', '.join(ALL_CLASSES)})")
+            lists[key] = tuple(str(v).lower() for v in values)
+        both = sorted(set(lists["unseen"]) & set(lists["validation"]))
+        if both:
+            raise CryoNBError(f"{what}: {both} are both unseen (test) and validation classes")
+        base = DataSpec.from_dict({k: raw.get(k) for k in ("snrs", "n_per_class")}, what)
+        return cls(base.snrs, base.n_per_class, **lists)
 
 
 @dataclass(frozen=True)
@@ -329,7 +360,7 @@ class COSNetSpec:
     """COS-Net: data sets, the training of every model (variant and n-way set per job), the evaluation grid,
     the segmentation and the CRF."""
 
-    data: DataSpec
+    data: COSNetDataSpec
     training: COSNetTrainConfig
     evaluation: EvaluationSpec
     segmentation: SegmentationSpec
@@ -351,13 +382,19 @@ class COSNetSpec:
             steps_per_epoch=_positive_int(raw.get("steps_per_epoch", defaults.steps_per_epoch), "cosnet.steps_per_epoch"),
             recalibrate_bn=bool(raw.get("recalibrate_bn", defaults.recalibrate_bn))))
         spec = cls(
-            data=_section("cosnet.data", lambda: DataSpec.from_dict(raw.get("data"), "cosnet.data")),
+            data=_section("cosnet.data", lambda: COSNetDataSpec.from_dict(raw.get("data"), "cosnet.data")),
             training=training,
             evaluation=_section("cosnet.evaluation", lambda: EvaluationSpec.from_dict(raw.get("evaluation"), "cosnet.evaluation")),
             segmentation=_section("cosnet.segmentation", lambda: SegmentationSpec.from_dict(raw.get("segmentation"), "cosnet.segmentation")),
             crf=_section("cosnet.crf", lambda: CRFSpec.from_dict(raw.get("crf"), "cosnet.crf")),
             selection=_section("cosnet.selection", lambda: SelectionSpec.from_dict(raw["selection"], "cosnet.selection")) if "selection" in raw else None,
         )
+        if max(spec.evaluation.n_ways) > len(spec.data.unseen):
+            raise CryoNBError(f"cosnet.evaluation.n_ways {list(spec.evaluation.n_ways)}: a test episode cannot have more ways than the "
+                              f"{len(spec.data.unseen)} unseen classes")
+        seen = len(ALL_CLASSES) - len(spec.data.unseen) - len(spec.data.validation)
+        if max(spec.evaluation.train_n_ways) > seen:
+            raise CryoNBError(f"cosnet.evaluation.train_n_ways {list(spec.evaluation.train_n_ways)}: more ways than the {seen} seen classes")
         used = {*spec.evaluation.table_snrs, *spec.evaluation.main_snrs, *(s for _, s in spec.segmentation.models),
                 *([spec.selection.snr] if spec.selection else [])}
         missing = sorted(used - set(spec.data.snrs))

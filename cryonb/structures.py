@@ -1,6 +1,6 @@
-"""Bundled PDB structures: load with gemmi, build the biological assembly, describe.
+"""Bundled PDB structures: load with gemmi, build the biological assembly, describe; the COS-Net class split.
 
-The 15 files under ``data/structures/`` are public-domain RCSB PDB entries
+The 24 files under ``data/structures/`` are public-domain RCSB PDB entries
 (checksums in ``data/structures/SHA256SUMS``). Several hold an asymmetric
 unit and define the biological assembly in REMARK 350; :func:`load_structure`
 builds assembly 1 where one is defined, as a cryo-ET sample would contain it.
@@ -22,7 +22,9 @@ from cryonb.paths import structures_dir
 __all__ = [
     "CSSL_CLASSES",
     "COSNET_CLASSES",
+    "OTHER_CLASSES",
     "ALL_CLASSES",
+    "cosnet_split",
     "AtomArrays",
     "StructureInfo",
     "structure_path",
@@ -34,9 +36,25 @@ __all__ = [
 
 #: The CSSL paper's ten classes (Gupta et al. 2022, section 4.1.1).
 CSSL_CLASSES: tuple[str, ...] = ("1bxn", "1f1b", "1yg6", "2byu", "2h12", "2ldb", "3gl1", "3hhb", "4d4r", "6t3e")
-#: All bundled structures; the COS-Net data set uses every one of them.
-ALL_CLASSES: tuple[str, ...] = CSSL_CLASSES + ("1w6t", "2bo9", "2gho", "3d2f", "3h84")
+#: The structures outside the CSSL set: the pool the COS-Net unseen and validation classes are drawn from.
+OTHER_CLASSES: tuple[str, ...] = ("1aon", "1kx5", "1qvr", "1s3x", "1u6g", "1w6t", "2bo9", "2cg9", "2gho", "3cf3", "3d2f", "3h84", "3qm1", "4v1w")
+#: All bundled structures; the COS-Net data set uses every one of them (22 in its design + 2 for validation).
+ALL_CLASSES: tuple[str, ...] = CSSL_CLASSES + OTHER_CLASSES
 COSNET_CLASSES: tuple[str, ...] = ALL_CLASSES
+
+
+def cosnet_split(n_unseen: int = 8, n_validation: int = 2, seed: int = 0) -> tuple[tuple[str, ...], tuple[str, ...]]:
+    """(unseen, validation) classes of the COS-Net design by a rule fixed before any run.
+
+    Both come from :data:`OTHER_CLASSES`, so an encoder pre-trained on the CSSL set has never seen them: the
+    sorted ids are permuted by ``numpy.random.default_rng(seed)``; the first ``n_unseen`` are the test classes,
+    the next ``n_validation`` the validation-only classes (every choice made from data uses them and the seen
+    classes' held-out volumes); the CSSL set and the rest are seen (trained on). The spec lists the result
+    explicitly and a test checks it against this rule.
+    """
+    ids = sorted(OTHER_CLASSES)
+    order = [ids[i] for i in np.random.default_rng(seed).permutation(len(ids))]
+    return tuple(order[:n_unseen]), tuple(order[n_unseen : n_unseen + n_validation])
 
 
 @dataclass(frozen=True)

@@ -52,6 +52,7 @@ import pandas as pd
 import cryonb.nb
 from cryonb.experiments import cosnet as cosnet_experiment
 from cryonb.simulate.config import snr_label
+from cryonb.simulate.dataset import masks_by_rule
 
 run = cryonb.nb.start("08_cosnet_segmentation", profile, results_dir, work_dir, spec)
 seed = run.seed
@@ -163,6 +164,34 @@ for r, i in enumerate(first):
     axes[r, 0].set_ylabel(names[labels[row]], fontsize=8)
 fig.suptitle(f"{seg_models[0][0]}, SNR {snr_label(s_g)}: central z slice")
 run.save_figure(fig, "gallery")
+
+# %% [markdown]
+# ## What a mask is: two rules
+# The COS-Net paper does not say how its ground-truth masks were made. A mask that keeps the molecule's volume
+# of the *full-resolution* potential (1.21 Å³ per Da) is fragmented at 10 Å voxels for elongated or hollow
+# molecules, and Dice then punishes one-voxel boundary differences no 10 Å method can resolve. The simulation
+# lineage of the paper makes its maps at a set resolution, so our default (`mask_rule: lowpass`) thresholds the
+# potential low-pass filtered to `mask_resolution_a` at the level that encloses the same volume: one envelope.
+# Both rules enclose the same number of voxels; below, the same volume under both, and the Dice of the same
+# predictions against each (the REPORT judges the paper's Dice claims with the default and notes the other).
+
+# %%
+rule = ds0.recipe.simulation.mask_rule
+other = "volume" if rule == "lowpass" else "lowpass"
+fig, axes = plt.subplots(2, len(first), figsize=(1.6 * len(first), 3.4), squeeze=False)
+other_masks = masks_by_rule(ds0.recipe, seg_rows[first], other)
+for c, i in enumerate(first):
+    for r, (name, m) in enumerate([(rule, np.asarray(ds0.masks[seg_rows[i]])), (other, other_masks[c])]):
+        axes[r, c].imshow(m[mid], cmap="viridis", vmin=0, vmax=1)
+        axes[r, c].set_xticks([]), axes[r, c].set_yticks([])
+        axes[r, 0].set_ylabel(f"{name}", fontsize=8)
+    axes[0, c].set_title(names[labels[seg_rows[i]]], fontsize=8)
+fig.suptitle(f"ground-truth masks, central z slice: '{rule}' (the data set's) and '{other}' (resolution {ds0.recipe.simulation.mask_resolution_a:g} Å)")
+run.save_figure(fig, "mask_rules")
+rules = dice_df.groupby(["snr", "model"])[["dice_before", "dice_after", f"dice_before_{other}", f"dice_after_{other}"]].mean().round(3).reset_index()
+rules = rules.rename(columns={"dice_before": f"dice_before_{rule}", "dice_after": f"dice_after_{rule}"})
+run.save_table(rules, "08_dice_by_mask_rule", formats=("csv", "md"))
+rules
 
 # %% [markdown]
 # ## Checks on the key numbers

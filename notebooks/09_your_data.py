@@ -79,7 +79,7 @@ from cryonb.metrics import confusion_matrix, dice
 from cryonb.oneshot import load_cosnet
 from cryonb.paths import repo_root
 from cryonb.predict import classify_predict, load_subtomograms, oneshot_predict, read_support, write_oneshot, write_predictions
-from cryonb.simulate import COSNET_UNSEEN_CLASSES, SimulationConfig, ensure_dataset, molecule_map, simulate_tomogram, write_coordinates_star
+from cryonb.simulate import SimulationConfig, ensure_dataset, molecule_map, simulate_tomogram, write_coordinates_star
 
 run = cryonb.nb.start("09_your_data", profile, results_dir, work_dir, spec)
 seed = run.seed
@@ -291,7 +291,7 @@ summary.round(3)
 # %% [markdown]
 # ## 4 · One-shot with COS-Net: one example box per class
 # COS-Net compares each box with a *support set*: one (or a few) example boxes per class, chosen by you.
-# No retraining: the model here was trained on episodes of the ten *seen* classes of notebook 07 and, with
+# No retraining: the model here was trained on episodes of the *seen* classes of notebook 07 and, with
 # the default `classes`, has never seen any molecule of this tomogram (the cell prints which it has not seen).
 # We pick the first interior box of each class as its example and
 # copy its MRC (written by `extract --mrc`) into `support/<class>/`. From a shell:
@@ -306,7 +306,7 @@ evaluation = run.spec.cosnet.evaluation
 cds = cosnet_experiment.datasets(run.spec, progress=False)[float(cosnet_snr)]
 cos_ckpt = cosnet_experiment.ensure_model(run.spec, evaluation.main_variant, float(cosnet_snr), evaluation.train_n_ways[0], 0, run.work_dir, run.device)
 timings["COS-Net (reused or trained)"] = time.perf_counter() - t0
-unseen = [c for c in classes if c in COSNET_UNSEEN_CLASSES]
+unseen = [c for c in classes if c not in set(cds.meta.pdb_id[cds.meta.class_split == "seen"])]
 print(f"checkpoint: {shown(cos_ckpt)}; classes of the tomogram COS-Net never saw: {unseen}")
 
 support_dir = folder / "support"

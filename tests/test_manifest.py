@@ -214,3 +214,29 @@ def test_fetch_never_writes_through_a_link_outside_or_onto_a_special_file(tmp_pa
     with pytest.raises(CryoNBError, match=r"link\.bin\.part: the partial download is a symbolic link; refusing"):
         download_verified("http://127.0.0.1:9/x", repo / "data" / "link.bin", sha, progress=False)
     assert (outside / "victim.bin").read_bytes() == b"precious"
+
+
+def test_generated_entries_cover_what_the_specs_build() -> None:
+    """Every data set the quick and paper specs make is in the manifest (a spec change must update it)."""
+    from cryonb.experiments import cosnet, cssl
+    from cryonb.spec import load_profile
+
+    listed = {e.path for e in load_manifest() if e.kind == "generated"}
+    for profile in ("quick", "paper"):
+        spec = load_profile(profile).spec
+        for recipe in [*cssl.recipes(spec).values(), *cosnet.recipes(spec).values(), cssl.classifier_recipe(spec)]:
+            assert f"data/generated/{recipe.folder_name}" in listed, f"{profile}: {recipe.name} is not in data_manifest.yaml"
+
+
+def test_the_cosnet_split_in_every_spec_is_the_rule() -> None:
+    """Issue #16: the split is fixed by a rule stated before any run, not chosen from accuracies."""
+    from cryonb.spec import load_profile
+    from cryonb.structures import ALL_CLASSES, CSSL_CLASSES, cosnet_split
+
+    unseen, validation = cosnet_split()
+    assert len(ALL_CLASSES) == 24 and len(unseen) == 8 and len(validation) == 2
+    assert not set(unseen) & set(CSSL_CLASSES) and not set(validation) & set(CSSL_CLASSES)
+    assert len(set(ALL_CLASSES) - set(unseen) - set(validation)) == 14  # the paper's 14 seen classes
+    for profile in ("quick", "paper", "smoke"):
+        data = load_profile(profile).spec.cosnet.data
+        assert (data.unseen, data.validation) == (unseen, validation), profile

@@ -236,7 +236,8 @@ def test_recipes_follow_the_papers() -> None:
     r = cssl_recipe(snr=0.1, n_per_class=100, seed=0)
     assert len(r.classes) == 10 and r.n_total == 1000 and r.unseen_classes == ()
     c = cosnet_recipe(snr=1000.0, n_per_class=60, seed=0)
-    assert len(c.classes) == 15 and len(c.unseen_classes) == 5
+    assert len(c.classes) == 24 and len(c.unseen_classes) == 8 and len(c.validation_classes) == 2  # 22 of the paper's design + 2
+    assert len(set(c.classes) - set(c.unseen_classes) - set(c.validation_classes)) == 14
     assert cssl_recipe(snr=0.1, n_per_class=100, seed=1).content_hash() != r.content_hash()
 
 

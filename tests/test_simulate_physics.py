@@ -331,3 +331,40 @@ def test_dose_mode_noise_follows_the_dose_and_the_snr_mode_reports_its_dose() ->
 def test_new_fields_are_validated(field: str, value: object) -> None:
     with pytest.raises(CryoNBError, match=f"simulation parameter {field}="):
         SimulationConfig(**{field: value})  # type: ignore[arg-type]
+
+
+def test_mask_rules_same_volume_and_lowpass_is_one_envelope() -> None:
+    """Issue #16: the default mask is the potential low-passed to 30 Å and cut at the protein volume; 2gho's full-
+    resolution mask falls apart at 10 Å voxels, its low-passed one does not; both rules enclose the same volume."""
+    from dataclasses import replace
+
+    from scipy import ndimage
+
+    from cryonb.simulate import SimulationConfig, make_scene, molecule_map
+    from cryonb.simulate.dataset import target_mask
+    from cryonb.structures import ALL_CLASSES
+
+    k = ALL_CLASSES.index("2gho")
+    components, volumes = {}, {}
+    for rule in ("volume", "lowpass"):
+        sim = replace(SimulationConfig(), mask_rule=rule)
+        maps = [molecule_map(c, sim.voxel_size_a, mask_rule=rule, mask_resolution_a=sim.mask_resolution_a) for c in ALL_CLASSES]
+        masks = [target_mask(make_scene(k, maps, sim, np.random.default_rng([k, i])).target, maps[k], sim) for i in range(6)]
+        components[rule] = np.mean([ndimage.label(m)[1] for m in masks])
+        volumes[rule] = np.mean([m.sum() for m in masks])
+    assert components["lowpass"] < components["volume"] and components["lowpass"] <= 2
+    assert abs(volumes["lowpass"] / volumes["volume"] - 1) < 0.1
+    assert SimulationConfig().mask_rule == "lowpass"
+
+
+def test_masks_by_rule_regenerates_the_stored_masks(tmp_path) -> None:  # noqa: ANN001
+    from cryonb.simulate import ensure_dataset
+    from cryonb.simulate.dataset import masks_by_rule
+    from test_simulate import _tiny
+
+    recipe = _tiny(0)
+    ds = ensure_dataset(recipe, n_workers=1, progress=False, root_dir=tmp_path)
+    rows = np.arange(len(ds))
+    np.testing.assert_array_equal(masks_by_rule(recipe, rows, recipe.simulation.mask_rule), np.asarray(ds.masks))
+    other = "volume" if recipe.simulation.mask_rule == "lowpass" else "lowpass"
+    assert masks_by_rule(recipe, rows, other).shape == ds.masks.shape

@@ -86,6 +86,7 @@ class ToyData:
         self.classes = ["p0", "p1", "p2", "p3"]
         self.root = Path(name)
         self.voxel_size_a = 10.0
+        self.polarity = "dark"
 
     def indices(self, split: str | None = "train", class_split: str | None = None) -> np.ndarray:
         keep = np.ones(len(self.meta), bool)

@@ -10,10 +10,12 @@ from cryonb import CryoNBError
 from cryonb.structures import ALL_CLASSES, atom_arrays, atom_count_grid, describe, load_structure
 
 
-def test_all_bundled_structures_load() -> None:
-    assert len(ALL_CLASSES) == 15
+def test_all_bundled_structures_load_and_fit_the_box() -> None:
+    """24 structures; every assembly fits a 32³ box of 10 Å voxels (diameter < 320 Å) in any orientation."""
+    assert len(ALL_CLASSES) == 24
     for pid in ALL_CLASSES:
-        assert describe(pid).n_atoms > 1000
+        info = describe(pid)
+        assert info.n_atoms > 1000 and 2 * info.max_radius_a < 32 * 10.0, pid
 
 
 def test_assembly_is_built_from_remark_350() -> None:
@@ -34,7 +36,7 @@ def test_radius_of_gyration_matches_definition() -> None:
 
 
 def test_unknown_pdb_id() -> None:
-    with pytest.raises(CryoNBError, match=r"unknown PDB id 'zzzz'.*bundled ids are 1bxn"):
+    with pytest.raises(CryoNBError, match=r"unknown PDB id 'zzzz'.*bundled ids are 1aon, 1bxn"):
         load_structure("zzzz")
 
 

@@ -33,7 +33,8 @@ from cryonb.models.rb3d import RB3DConfig
 from cryonb.oneshot import COSNetTrainConfig
 from cryonb.pretrain import random_encoder
 from cryonb.simulate import DatasetRecipe, SubtomoDataset, cosnet_recipe, ensure_dataset
-from cryonb.simulate.config import snr_label
+from cryonb.simulate.config import MASK_RULES, snr_label
+from cryonb.simulate.dataset import masks_by_rule
 from cryonb.spec import Spec
 from cryonb.verdicts import crossed_bootstrap
 
@@ -62,7 +63,8 @@ Job = tuple[str, float, int, int]  # (variant, SNR, training n-way, seed index)
 def recipes(spec: Spec) -> dict[float, DatasetRecipe]:
     """SNR → recipe of the COS-Net data set (seen classes split 60:20:20, unseen classes test-only)."""
     data = spec.cosnet.data
-    return {snr: cosnet_recipe(snr=snr, n_per_class=data.n_per_class, seed=spec.seed) for snr in data.snrs}
+    return {snr: cosnet_recipe(snr=snr, n_per_class=data.n_per_class, seed=spec.seed, unseen_classes=data.unseen, validation_classes=data.validation)
+            for snr in data.snrs}
 
 
 def datasets(spec: Spec, progress: bool = True) -> dict[float, SubtomoDataset]:
@@ -326,11 +328,15 @@ def refine_and_score(spec: Spec, models: dict[Job, Path], data: dict[float, Subt
                      device: torch.device | str = "cpu") -> tuple[pd.DataFrame, dict[Job, torch.Tensor], dict[Job, torch.Tensor]]:
     """Masks of the unseen test rows by every segmentation model, refined with the chosen CRF, scored by Dice.
 
-    Returns one row per (model, volume) with ``dice_before`` (decoder mask > 0.5) and ``dice_after`` (CRF),
+    Returns one row per (model, volume) with ``dice_before`` (decoder mask > 0.5) and ``dice_after`` (CRF) against
+    the data set's masks (its ``mask_rule``), the same against the other rule's masks (``dice_before_<rule>``...),
     the decoder probabilities and the CRF labels per model, keyed by (variant, SNR, training n-way, seed index).
     """
     wanted = set(spec.cosnet.segmentation.models)
     records, probs, refined = [], {}, {}
+    rule = next(iter(data.values())).recipe.simulation.mask_rule
+    other = next(r for r in MASK_RULES if r != rule)
+    other_masks: dict[int, torch.Tensor] = {}  # the masks depend on the scene only, not on the SNR: one draw
     for (variant, snr, n_train, index), path in models.items():
         if (variant, snr) not in wanted:
             continue
@@ -340,9 +346,12 @@ def refine_and_score(spec: Spec, models: dict[Job, Path], data: dict[float, Subt
         labels = ds.meta["class_id"].to_numpy()
         pr = probs[(variant, snr, n_train, index)] = mask_probabilities(path, ds, seg, device)
         img, gt = _volumes(ds.volumes, seg)[:, None], _volumes(ds.masks, seg)
+        if not other_masks:
+            other_masks[0] = torch.from_numpy(masks_by_rule(ds.recipe, seg, other).astype(np.float32))
         q = torch.cat([dense_crf(probs_to_unary(pr[i : i + 4, None]), img[i : i + 4], chosen[snr]) for i in range(0, len(pr), 4)])
         lab = refined[(variant, snr, n_train, index)] = q.argmax(1)
-        before, after = dice((pr > 0.5).float(), gt).numpy(), dice(lab.float(), gt).numpy()
+        scores = {"dice_before": dice((pr > 0.5).float(), gt), "dice_after": dice(lab.float(), gt),
+                  f"dice_before_{other}": dice((pr > 0.5).float(), other_masks[0]), f"dice_after_{other}": dice(lab.float(), other_masks[0])}
         records += [{"model": variant, "snr": snr_label(snr), "train_n_way": n_train, "seed": index, "row": int(r), "class": names[labels[r]],
-                     "dice_before": b, "dice_after": a} for r, b, a in zip(seg, before, after)]
+                     "mask_rule": rule, **{k: float(v[i]) for k, v in scores.items()}} for i, r in enumerate(seg)]
     return pd.DataFrame(records), probs, refined

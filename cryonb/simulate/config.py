@@ -11,10 +11,11 @@ import numpy as np
 from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.simulate.detector import detector_names
 
-__all__ = ["POLARITIES", "SimulationConfig", "TILT_SCHEMES", "check_snr", "snr_label"]
+__all__ = ["MASK_RULES", "POLARITIES", "SimulationConfig", "TILT_SCHEMES", "check_snr", "snr_label"]
 
 POLARITIES: tuple[str, ...] = ("dark", "bright")
 TILT_SCHEMES: tuple[str, ...] = ("dose_symmetric", "bidirectional")
+MASK_RULES: tuple[str, ...] = ("lowpass", "volume")
 
 
 @dataclass(frozen=True)
@@ -60,6 +61,12 @@ class SimulationConfig:
     detector_pixel_a: float = 2.5  # physical pixel; the 10 Å voxel is a binned pixel
     detector_mtf: str = "k3_standard_300kV_FL2"  # measured Gatan K3 at 300 kV (ttsim3d), or "ideal"
     mask_volume_factor: float = 1.0  # mask volume = factor x protein volume (1.21 Å^3/Da)
+    # "lowpass": the target's potential low-pass filtered to mask_resolution_a (Gaussian whose transform falls to
+    # 1/e at 1/resolution, ChimeraX molmap's convention) and thresholded at the level enclosing the protein volume:
+    # one connected envelope, as in the simulation lineage (Pei et al. 2016 maps made at a set resolution).
+    # "volume": the full-resolution potential's top voxels of that volume (fragmented at 10 Å for some classes).
+    mask_rule: str = "lowpass"
+    mask_resolution_a: float = 30.0
     path: str = "fast"  # "fast" (3-D Fourier filter) or "tiltseries" (reference)
     polarity: str = "dark"  # "dark": protein darker than ice, as in tomograms from raw tilts; "bright": inverted
     ice_potential_v: float = 4.5  # mean inner potential of the vitreous ice the molecule displaces (0: vacuum)
@@ -92,6 +99,8 @@ class SimulationConfig:
         need(0 < self.detector_pixel_a <= self.voxel_size_a, "detector_pixel_a", f"0 < pixel <= voxel_size_a={self.voxel_size_a}")
         need(self.detector_mtf in detector_names(), "detector_mtf", f"one of {', '.join(detector_names())}")
         need(self.mask_volume_factor > 0, "mask_volume_factor", "> 0")
+        need(self.mask_rule in MASK_RULES, "mask_rule", f"one of {', '.join(MASK_RULES)}")
+        need(self.mask_resolution_a >= 2 * self.voxel_size_a, "mask_resolution_a", f">= 2 x voxel_size_a = {2 * self.voxel_size_a} Å")
         need(self.path in ("fast", "tiltseries"), "path", "'fast' or 'tiltseries'")
         need(self.polarity in POLARITIES, "polarity", "'dark' or 'bright'")
         need(self.ice_potential_v >= 0, "ice_potential_v", ">= 0 V (0: molecules in vacuum)")

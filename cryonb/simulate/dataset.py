@@ -30,7 +30,7 @@ import socket
 import sys
 import time
 from collections.abc import Iterator
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 from typing import Any
 
@@ -50,10 +50,10 @@ from cryonb.errors import CryoNBError
 from cryonb.io import write_text_atomic
 from cryonb.paths import generated_dir, resolve
 from cryonb.simulate.config import SimulationConfig, check_snr, snr_label
-from cryonb.simulate.density import MoleculeMap, molecule_map
+from cryonb.simulate.density import MoleculeMap, mask_source, molecule_map
 from cryonb.simulate.imaging import crop_center, prepare, simulate_fast, simulate_tiltseries
 from cryonb.simulate.scene import make_scene
-from cryonb.structures import ALL_CLASSES, CSSL_CLASSES
+from cryonb.structures import ALL_CLASSES, CSSL_CLASSES, cosnet_split
 
 __all__ = [
     "DatasetRecipe",
@@ -66,14 +66,15 @@ __all__ = [
     "load_dataset",
     "simulate_sample",
     "load_maps",
+    "masks_by_rule",
+    "target_mask",
     "verify_dataset",
 ]
 
-#: COS-Net unseen (test-only) classes: the five structures outside the CSSL set, so that an encoder
-#: pre-trained on the CSSL classes has never seen them either. The paper used 22 classes (14 seen,
-#: 8 unseen), not all public; we have 15 (10 seen, 5 unseen).
-COSNET_UNSEEN_CLASSES: tuple[str, ...] = ("1w6t", "2bo9", "2gho", "3d2f", "3h84")
-_FORMAT_VERSION = 5  # bump when the simulator changes what a recipe produces (5: physics v2, protein dark)
+#: COS-Net unseen (test-only) and validation-only classes, by the rule of :func:`cryonb.structures.cosnet_split`:
+#: the paper's 22 classes are 14 seen + 8 unseen; we add 2 validation classes that no test touches.
+COSNET_UNSEEN_CLASSES, COSNET_VALIDATION_CLASSES = cosnet_split()
+_FORMAT_VERSION = 6  # bump when the simulator changes what a recipe produces (5: physics v2, protein dark; 6: mask rule)
 
 
 @dataclass(frozen=True)
@@ -81,7 +82,9 @@ class DatasetRecipe:
     """Everything that determines a simulated data set.
 
     classes: PDB ids; index = class_id. unseen_classes: subset whose samples are all 'test' and
-    marked class_split='unseen'. split_fractions: train/val/test fractions within each seen class.
+    marked class_split='unseen'. validation_classes: subset whose samples are all 'val' and marked
+    class_split='validation' (never trained on, never tested: for choices made from data).
+    split_fractions: train/val/test fractions within each seen class.
     """
 
     name: str
@@ -92,10 +95,12 @@ class DatasetRecipe:
     split_fractions: tuple[float, float, float] = (0.6, 0.2, 0.2)
     unseen_classes: tuple[str, ...] = ()
     simulation: SimulationConfig = field(default_factory=SimulationConfig)
+    validation_classes: tuple[str, ...] = ()
 
     def __post_init__(self) -> None:
         object.__setattr__(self, "classes", tuple(str(c).lower() for c in self.classes))
         object.__setattr__(self, "unseen_classes", tuple(str(c).lower() for c in self.unseen_classes))
+        object.__setattr__(self, "validation_classes", tuple(str(c).lower() for c in self.validation_classes))
         object.__setattr__(self, "snr", check_snr(self.snr))
         if not self.name or any(ch in self.name for ch in "/\\ "):
             raise CryoNBError(f"recipe name {self.name!r}: expected a non-empty name without slashes or spaces")
@@ -107,9 +112,12 @@ class DatasetRecipe:
             raise CryoNBError(f"seed={self.seed!r}: expected an integer >= 0")
         if int(self.n_per_class) < 1:
             raise CryoNBError(f"n_per_class={self.n_per_class}: expected an integer >= 1")
-        missing = [c for c in self.unseen_classes if c not in self.classes]
+        missing = [c for c in (*self.unseen_classes, *self.validation_classes) if c not in self.classes]
         if missing:
-            raise CryoNBError(f"unseen_classes {missing} are not among the recipe classes")
+            raise CryoNBError(f"unseen/validation classes {missing} are not among the recipe classes")
+        both = sorted(set(self.unseen_classes) & set(self.validation_classes))
+        if both:
+            raise CryoNBError(f"classes {both} are both unseen (test) and validation classes")
         fr = self.split_fractions
         if len(fr) != 3 or min(fr) < 0 or abs(sum(fr) - 1) > 1e-6:
             raise CryoNBError(f"split_fractions={fr}: expected three fractions >= 0 summing to 1")
@@ -119,6 +127,7 @@ class DatasetRecipe:
         d["snr"] = "inf" if math.isinf(self.snr) else self.snr
         d["classes"] = list(self.classes)
         d["unseen_classes"] = list(self.unseen_classes)
+        d["validation_classes"] = list(self.validation_classes)
         d["split_fractions"] = list(self.split_fractions)
         return d
 
@@ -129,6 +138,7 @@ class DatasetRecipe:
         raw["snr"] = float(raw["snr"])
         raw["classes"] = tuple(raw["classes"])
         raw["unseen_classes"] = tuple(raw.get("unseen_classes", ()))
+        raw["validation_classes"] = tuple(raw.get("validation_classes", ()))
         raw["split_fractions"] = tuple(raw.get("split_fractions", (0.6, 0.2, 0.2)))
         return cls(**raw)
 
@@ -153,13 +163,15 @@ def cssl_recipe(snr: float = 0.1, n_per_class: int = 500, seed: int = 0, **simul
         snr=snr, seed=seed, simulation=SimulationConfig.from_dict(simulation))
 
 
-def cosnet_recipe(snr: float = 1000.0, n_per_class: int = 60, seed: int = 0, **simulation: Any) -> DatasetRecipe:
-    """All 15 classes; the 5 in :data:`COSNET_UNSEEN_CLASSES` are unseen (test only), the 10 others
-    get a 60:20:20 split. ``snr=math.inf`` allowed (no noise)."""
+def cosnet_recipe(snr: float = 1000.0, n_per_class: int = 60, seed: int = 0, unseen_classes: tuple[str, ...] = COSNET_UNSEEN_CLASSES,
+                  validation_classes: tuple[str, ...] = COSNET_VALIDATION_CLASSES, **simulation: Any) -> DatasetRecipe:
+    """All 24 bundled classes: ``unseen_classes`` are test only, ``validation_classes`` validation only (defaults:
+    :func:`cryonb.structures.cosnet_split`), the others (14) get a 60:20:20 split. ``snr=math.inf`` allowed (no noise)."""
     snr = check_snr(snr)
     return DatasetRecipe(
         name=f"cosnet-snr{snr_label(snr)}-n{n_per_class}-s{seed}", classes=ALL_CLASSES, n_per_class=n_per_class,
-        snr=snr, seed=seed, unseen_classes=COSNET_UNSEEN_CLASSES, simulation=SimulationConfig.from_dict(simulation))
+        snr=snr, seed=seed, unseen_classes=tuple(unseen_classes), validation_classes=tuple(validation_classes),
+        simulation=SimulationConfig.from_dict(simulation))
 
 
 class SubtomoDataset:
@@ -205,8 +217,8 @@ class SubtomoDataset:
         """Row indices with the given split ('train'|'val'|'test'|None = all) and class split."""
         if split not in (None, "train", "val", "test"):
             raise CryoNBError(f"split={split!r}: expected 'train', 'val', 'test' or None")
-        if class_split not in (None, "seen", "unseen"):
-            raise CryoNBError(f"class_split={class_split!r}: expected 'seen', 'unseen' or None")
+        if class_split not in (None, "seen", "unseen", "validation"):
+            raise CryoNBError(f"class_split={class_split!r}: expected 'seen', 'unseen', 'validation' or None")
         keep = np.ones(len(self.meta), dtype=bool)
         if split is not None:
             keep &= (self.meta["split"] == split).to_numpy()
@@ -237,6 +249,10 @@ def _splits(recipe: DatasetRecipe) -> tuple[list[str], list[str]]:
             split += ["test"] * n
             class_split += ["unseen"] * n
             continue
+        if cls in recipe.validation_classes:
+            split += ["val"] * n
+            class_split += ["validation"] * n
+            continue
         labels = np.array(["train"] * n_train + ["val"] * n_val + ["test"] * (n - n_train - n_val))
         split += list(labels[rng.permutation(n)])
         class_split += ["seen"] * n
@@ -246,13 +262,41 @@ def _splits(recipe: DatasetRecipe) -> tuple[list[str], list[str]]:
 def load_maps(recipe: DatasetRecipe) -> list[MoleculeMap]:
     """Potential maps of the recipe's classes (cached on disk); raises if one exceeds the crop."""
     sim = recipe.simulation
-    maps = [molecule_map(c, sim.voxel_size_a, mask_volume_factor=sim.mask_volume_factor, ice_potential_v=sim.ice_potential_v)
+    maps = [molecule_map(c, sim.voxel_size_a, mask_volume_factor=sim.mask_volume_factor, ice_potential_v=sim.ice_potential_v,
+                         mask_rule=sim.mask_rule, mask_resolution_a=sim.mask_resolution_a)
             for c in recipe.classes]
     for m in maps:
         if 2 * m.radius_a / sim.voxel_size_a > sim.crop_size:
             raise CryoNBError(f"{m.pdb_id}: molecule diameter {2 * m.radius_a:.0f} Å exceeds the crop box "
                               f"(crop_size={sim.crop_size} x voxel_size_a={sim.voxel_size_a} Å)")
     return maps
+
+
+def target_mask(target: np.ndarray, molecule: MoleculeMap, sim: SimulationConfig) -> np.ndarray:
+    """(c, c, c) bool mask of the target molecule from its placed potential ``target`` (s, s, s), by ``sim``'s rule.
+
+    The low-pass filter runs on the crop plus a margin of 4 σ (its kernel's reach), not the whole scene.
+    """
+    margin = 0 if sim.mask_rule == "volume" else int(math.ceil(4 * sim.mask_resolution_a / (math.pi * math.sqrt(2)) / sim.voxel_size_a))
+    region = crop_center(target, min(target.shape[0], sim.crop_size + 2 * margin))
+    source = mask_source(region, sim.mask_rule, sim.mask_resolution_a, sim.voxel_size_a)
+    return crop_center(source, sim.crop_size) > molecule.mask_threshold
+
+
+def masks_by_rule(recipe: DatasetRecipe, rows: np.ndarray, rule: str) -> np.ndarray:
+    """Target masks of data-set ``rows`` under another mask rule than the recipe's, (len(rows), c, c, c) uint8.
+
+    The scenes are drawn again from each sample's own seed (the noise-free target does not depend on the SNR or
+    the imaging), so the masks match the stored subtomograms exactly; only the rule differs.
+    """
+    sim = replace(recipe.simulation, mask_rule=rule)
+    maps = load_maps(replace(recipe, simulation=sim))
+    out = np.zeros((len(rows), sim.crop_size, sim.crop_size, sim.crop_size), dtype=np.uint8)
+    for k, index in enumerate(np.asarray(rows, dtype=np.int64)):
+        rng = np.random.default_rng(np.random.SeedSequence(recipe.seed, spawn_key=(int(index),)))
+        class_id = int(index) // recipe.n_per_class
+        out[k] = target_mask(make_scene(class_id, maps, sim, rng).target, maps[class_id], sim)
+    return out
 
 
 def simulate_sample(recipe: DatasetRecipe, index: int, maps: list[MoleculeMap]) -> tuple[np.ndarray, np.ndarray, dict[str, Any]]:
@@ -266,7 +310,7 @@ def simulate_sample(recipe: DatasetRecipe, index: int, maps: list[MoleculeMap]) 
     sub = simulate(scene.volume, defocus_um, recipe.snr, sim, rng)
     vol = sub.volume
     vol = (vol - vol.mean()) / vol.std()
-    mask = crop_center(scene.target, sim.crop_size) > maps[class_id].mask_threshold
+    mask = target_mask(scene.target, maps[class_id], sim)
     tgt = scene.placements[0]
     row = {
         "index": int(index), "class_id": class_id, "pdb_id": recipe.classes[class_id], "snr": recipe.snr,

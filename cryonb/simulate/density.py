@@ -32,7 +32,7 @@ from pathlib import Path
 
 import numpy as np
 import gemmi
-from scipy import constants
+from scipy import constants, ndimage
 
 from cryonb.cache import content_key
 from cryonb.errors import CryoNBError
@@ -67,8 +67,8 @@ class MoleculeMap:
         displaced ice; × :data:`POTENTIAL_V_A2` gives volts.
     voxel_size_a: Å per voxel.
     radius_a: largest atom distance from the centroid, Å.
-    mask_threshold: density level whose super-level set has the protein volume
-        (1.21 Å³ per Da; documented mask definition).
+    mask_threshold: level of the mask's source map (:func:`mask_source`) whose super-level set has the protein
+        volume (1.21 Å³ per Da; documented mask definition).
     mass_kda: mass of the assembly, hydrogens included.
     oversampled: (m t, m t, m t) float32, the same band-limited potential sampled m = :data:`MAP_OVERSAMPLE`
         times finer (``density`` is every m-th voxel of it): what :func:`~cryonb.simulate.scene.rotate_map`
@@ -212,6 +212,15 @@ def _mask_threshold(density: np.ndarray, mass_kda: float, voxel_size_a: float, f
     return float(np.sort(density.ravel())[::-1][n_vox - 1])
 
 
+def mask_source(density: np.ndarray, rule: str, resolution_a: float, voxel_size_a: float) -> np.ndarray:
+    """The map a target mask is thresholded from: the potential itself ("volume") or the potential low-pass
+    filtered to ``resolution_a`` ("lowpass": a Gaussian of σ = resolution / (π √2), whose transform falls to 1/e
+    at 1 / resolution, as ChimeraX's molmap). (z, y, x) float32 in and out."""
+    if rule == "volume":
+        return density
+    return ndimage.gaussian_filter(density, resolution_a / (math.pi * math.sqrt(2)) / voxel_size_a, mode="constant").astype(np.float32)
+
+
 def molecule_map(
     pdb_id: str | os.PathLike[str],
     voxel_size_a: float = 10.0,
@@ -220,6 +229,8 @@ def molecule_map(
     mask_volume_factor: float = 1.0,
     use_cache: bool = True,
     ice_potential_v: float = 4.5,
+    mask_rule: str = "lowpass",
+    mask_resolution_a: float = 30.0,
 ) -> MoleculeMap:
     """Potential of a bundled id or structure file in ice, cached in ``data/cache/density`` by content.
 
@@ -227,6 +238,8 @@ def molecule_map(
     b_factor_a2: B-factor applied to every atom (default: the median of the file's B-factors).
     ice_potential_v: mean inner potential of the displaced ice (V); 0 = vacuum. Hydrogens are implicit
     (:func:`united_hydrogens`).
+    mask_rule, mask_resolution_a: how the target mask is defined (:func:`mask_source`); the threshold is the level
+    whose super-level set of that map has ``mask_volume_factor`` × the protein volume.
     """
     if not voxel_size_a > 0:
         raise CryoNBError(f"voxel_size_a must be > 0 Å, got {voxel_size_a}")
@@ -261,7 +274,7 @@ def molecule_map(
             save_npy_atomic(path, fine)
     fine.flags.writeable = False  # rotate_map caches its spline coefficients per array
     density = np.ascontiguousarray(fine[::m, ::m, ::m])
-    thr = _mask_threshold(density, mass_kda, voxel_size_a, mask_volume_factor)
+    thr = _mask_threshold(mask_source(density, mask_rule, mask_resolution_a, voxel_size_a), mass_kda, voxel_size_a, mask_volume_factor)
     return MoleculeMap(str(pdb_id), density, voxel_size_a, radius_a, thr, mass_kda, fine)
 
 
