@@ -130,8 +130,11 @@ def _resumes_at(response: http.client.HTTPResponse, offset: int) -> bool:
     return bool(match) and int(match.group(1)) == offset
 
 
-def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
+def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> bool:
     """Bring ``part`` to the full body of ``url``, resuming from its current size when the server allows.
+
+    Returns True when the server announced the body's length (so ``part`` holds all of it), False when it
+    did not (a connection that closed early would look the same).
 
     Raises
     ------
@@ -143,7 +146,7 @@ def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
         response = _open(url, offset, timeout_s)
     except urllib.error.HTTPError:
         # 416: our .part is at least as long as the file. Keep it if complete, else the caller restarts.
-        return
+        return True
     with response:
         resume = _resumes_at(response, offset)
         if not resume:
@@ -175,6 +178,7 @@ def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
                 bar.update(len(chunk))
     if total is not None and received < total:
         raise _Interrupted(f"after {received} of {total} bytes")
+    return total is not None
 
 
 def _matches(path: Path, algorithm: str, expected: str | None, size_bytes: int | None) -> bool:
@@ -240,12 +244,12 @@ def download_verified(
     for _ in range(max(1, attempts)):
         resumed = part.exists() and part.stat().st_size > 0
         try:
-            _fetch_once(url, part, timeout_s, progress)
+            announced = _fetch_once(url, part, timeout_s, progress)
         except _Interrupted as exc:
             last_error = str(exc)
             continue
         size = part.stat().st_size if part.exists() else 0
-        if size_bytes is not None and size < size_bytes:
+        if size_bytes is not None and size < size_bytes and not announced:
             # a body that ended early without announcing its length: resume from it on the next attempt
             last_error = f"after {size} of {size_bytes} bytes"
             continue

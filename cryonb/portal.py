@@ -26,12 +26,18 @@ reader multiplies by it, too); picks.csv converts them to the fetched tomogram's
 
 from __future__ import annotations
 
+import contextlib
+import functools
+import http.server
 import json
 import math
 import os
 import re
+import socket
+import threading
 import time
 import urllib.parse
+from collections.abc import Iterator
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Protocol
@@ -59,6 +65,9 @@ __all__ = [
     "fetch_portal_tomogram",
     "recorded_voxel_size",
     "summary_lines",
+    "RecordedPortalSource",
+    "serve_folder_locally",
+    "portal_reachable",
 ]
 
 #: The default: a tomogram of run TS_86_3 of the CZII CryoET Object Identification Challenge's experimental
@@ -534,3 +543,87 @@ def summary_lines(result: PortalFetch) -> list[str]:
     lines.append(f"recorded in {result.manifest}")
     return lines
 
+
+
+class RecordedPortalSource:
+    """Recorded answers of the Portal's API, offline: the interface of :class:`CryoETPortalSource`.
+
+    ``responses`` is a JSON file (``tomograms``, ``runs``, ``annotation_files`` by run id; fields of
+    :class:`PortalTomogram`, :class:`PortalRun`, :class:`PortalAnnotationFile`) whose file addresses are
+    relative; they are joined to ``base_url`` (e.g. :func:`serve_folder_locally` of the JSON's folder).
+    tests/fixtures/portal/make_fixture.py writes one.
+    """
+
+    def __init__(self, responses: str | os.PathLike[str], base_url: str) -> None:
+        path = Path(responses)
+        try:
+            doc = json.loads(path.read_text(encoding="utf-8"))
+        except (OSError, json.JSONDecodeError) as exc:
+            raise CryoNBError(f"{path}: not a readable recorded-responses JSON file ({exc})") from exc
+        base = base_url.rstrip("/") + "/"
+
+        def url(rel: str | None) -> str | None:
+            return None if rel is None else urllib.parse.urljoin(base, rel)
+
+        self._tomograms = {int(t["id"]): PortalTomogram(**{**t, "size_xyz": tuple(t["size_xyz"]) if t.get("size_xyz") else None,
+                                                            "https_mrc": url(t.get("https_mrc")), "https_omezarr": url(t.get("https_omezarr"))})
+                           for t in doc.get("tomograms", [])}
+        self._runs = {int(r["id"]): PortalRun(**r) for r in doc.get("runs", [])}
+        self._files = {int(k): [PortalAnnotationFile(**{**f, "https_path": url(f["https_path"])}) for f in v]
+                       for k, v in doc.get("annotation_files", {}).items()}
+
+    def tomogram(self, tomogram_id: int) -> PortalTomogram | None:
+        return self._tomograms.get(int(tomogram_id))
+
+    def run_tomograms(self, run_id: int) -> list[PortalTomogram]:
+        return [t for t in self._tomograms.values() if t.run_id == int(run_id)]
+
+    def run(self, run_id: int) -> PortalRun:
+        if int(run_id) not in self._runs:
+            raise CryoNBError(f"recorded Portal answers: run {run_id} not recorded")
+        return self._runs[int(run_id)]
+
+    def point_annotation_files(self, run_id: int) -> list[PortalAnnotationFile]:
+        return list(self._files.get(int(run_id), []))
+
+
+class _QuietHandler(http.server.SimpleHTTPRequestHandler):
+    def log_message(self, *args: object) -> None:  # no request log in a notebook or a test
+        pass
+
+
+@contextlib.contextmanager
+def serve_folder_locally(folder: str | os.PathLike[str]) -> Iterator[str]:
+    """Serve ``folder`` read-only over HTTP on 127.0.0.1 (a free port) while the block runs; yields its base URL.
+
+    For recorded Portal answers (tests, notebook 09 offline): the downloads then take the same path as real ones.
+    """
+    handler = functools.partial(_QuietHandler, directory=str(Path(folder).resolve()))
+    httpd = http.server.ThreadingHTTPServer(("127.0.0.1", 0), handler)
+    httpd.daemon_threads = True
+    thread = threading.Thread(target=httpd.serve_forever, kwargs={"poll_interval": 0.05}, daemon=True)
+    thread.start()
+    try:
+        yield f"http://127.0.0.1:{httpd.server_address[1]}/"
+    finally:
+        httpd.shutdown()
+        httpd.server_close()
+        thread.join(timeout=5)
+
+
+#: the host of the Portal's public API (the cryoet-data-portal client's default address)
+PORTAL_API_HOST = "graphql.cryoetdataportal.czscience.com"
+
+
+def portal_reachable(timeout_s: float = 3.0, host: str = PORTAL_API_HOST) -> bool:
+    """True when the Portal's API host resolves and accepts a TCP connection within ``timeout_s``.
+
+    ``CRYONB_OFFLINE=1`` answers False without trying (the test suite sets it: no test reaches the internet).
+    """
+    if os.environ.get("CRYONB_OFFLINE", "").strip() not in ("", "0"):
+        return False
+    try:
+        with socket.create_connection((host, 443), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
