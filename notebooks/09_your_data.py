@@ -449,7 +449,7 @@ timing_table
 # ```bash
 # python -m cryonb data fetch portal:tomogram/17035 --voxel-size-a 10 --annotations           # MRC, ~300 MB
 # python -m cryonb data fetch portal:tomogram/17035 --voxel-size-a 10 --annotations --format zarr  # nothing downloaded
-# python -m cryonb extract data/external/portal/tomogram-17035/TS_86_3.mrc \
+# python -m cryonb extract data/external/portal/tomogram-17035/<the .mrc it printed> \
 #     data/external/portal/tomogram-17035/picks.csv --box 32 --voxel-size-a 10 -o subtomos/ --mrc
 # python -m cryonb oneshot subtomos/ --support support/ --checkpoint CKPT --star-style relion5 --copick
 # ```

@@ -303,3 +303,15 @@ def socket_closed_port():  # noqa: ANN201
         yield f"http://127.0.0.1:{port}/graphql"
 
     return _cm()
+
+
+def test_without_the_portal_extra_the_core_works_and_the_error_names_the_extra(monkeypatch: pytest.MonkeyPatch) -> None:
+    from cryonb.omezarr import open_omezarr
+    from cryonb.portal import CryoETPortalSource
+
+    monkeypatch.setitem(__import__("sys").modules, "cryoet_data_portal", None)  # as if not installed
+    monkeypatch.setitem(__import__("sys").modules, "aiohttp", None)
+    with pytest.raises(CryoNBError, match=r"client is not installed; install it with pip install 'cryonb\[portal\]'"):
+        CryoETPortalSource()
+    with pytest.raises(CryoNBError, match=r"reading an OME-Zarr over HTTP needs aiohttp; install it with pip install 'cryonb\[portal\]'"):
+        open_omezarr("http://127.0.0.1:9/t.zarr")
