@@ -184,6 +184,12 @@ def write_copick_picks(
     out = Path(folder)
     written = []
     names = sorted({str(n) for n in table["predicted"]} | {c[2:] for c in table.columns if c.startswith("p_")})
+    objects = [copick_object_name(n) for n in names]
+    clash = sorted({o for o in objects if objects.count(o) > 1})
+    if clash:
+        shared = [n for n, o in zip(names, objects) if o in clash]
+        raise CryoNBError(f"copick output: classes {shared} share the copick object name {clash[0]!r}; rename the support "
+                          "folders (copick names are lowercase letters, digits and '-')")
     for name in names:
         rows = table[table["predicted"].astype(str) == name]
         xyz_a = rows[["x", "y", "z"]].to_numpy(dtype=np.float64) * float(voxel_size_a)
