@@ -34,7 +34,8 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	$(PY) -m pip install --quiet -e '.[dev]'
+	# the portal extra too, so the tests exercise the Portal client and OME-Zarr over HTTP (the core imports without it)
+	$(PY) -m pip install --quiet -e '.[dev,portal]'
 	# a kernelspec inside the venv, so papermill and JupyterLab run this venv's python
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
 	@touch $(STAMP)

@@ -15,6 +15,10 @@ in memory:
 - cryonb: ``open_tomogram`` (memory-mapped) + ``read_coordinates`` + ``extract_boxes``: the same cubes,
   *plus* Fourier rescaling to ``box`` voxels at the model's voxel size with sub-voxel centring.
 
+- cryonb from OME-Zarr: the same tomogram written as an OME-Zarr (zarr 2, 64³ chunks, zarr's default Blosc
+  compressor), opened by ``open_tomogram`` (chunks read lazily, particles in chunk order): the same boxes,
+  its rate against the MRC input's in the same run (issue #19).
+
 Reported: subtomograms/s of each and their ratio (cryonb / plain; the issue's target is >= 1), the
 end-to-end ``extract_subtomograms`` time to disk, and peak memory: tracemalloc's peak of Python/NumPy
 heap allocations (a memory map's pages are not allocations) and the process's max resident set size
@@ -86,6 +90,17 @@ def _ours(tomogram: Path, coords_csv: Path, box: int, voxel_size_a: float) -> np
         coords = read_coordinates(coords_csv, shape_zyx=tuple(data.shape), voxel_size_a=tomo_a)
         volumes, _ = extract_boxes(data, coords, box, crop_size(box, voxel_size_a, tomo_a))
     return volumes
+
+
+def _write_omezarr(tomogram: Path, path: Path, voxel_size_a: float) -> Path:
+    """The MRC tomogram as a one-level OME-Zarr (OME-NGFF 0.4, zarr 2, 64³ chunks, zarr's default compressor)."""
+    import zarr
+
+    group = zarr.open_group(str(path), mode="w")
+    group.create_dataset("0", data=mrcfile.read(tomogram), chunks=(64, 64, 64))
+    group.attrs["multiscales"] = [{"version": "0.4", "axes": [{"name": a, "type": "space", "unit": "angstrom"} for a in "zyx"],
+                                   "datasets": [{"path": "0", "coordinateTransformations": [{"type": "scale", "scale": [voxel_size_a] * 3}]}]}]
+    return path
 
 
 def _ours_to_disk(tomogram: Path, coords_csv: Path, box: int, voxel_size_a: float, out: Path) -> int:
@@ -171,6 +186,7 @@ def main() -> None:
             mrc.voxel_size = args.tomo_voxel_size_a
         xyz = rng.uniform(0, np.array(SHAPE[::-1]) - 1, size=(args.n, 3))
         pd.DataFrame(xyz, columns=["x", "y", "z"]).to_csv(coords, index=False)
+        zarr_path = _write_omezarr(tomo, tmp / "tomo.zarr", args.tomo_voxel_size_a)
         mb = tomo.stat().st_size / 2**20
         print(f"tomogram {SHAPE[2]}x{SHAPE[1]}x{SHAPE[0]} float32 ({mb:.0f} MiB, {args.tomo_voxel_size_a} Å), "
               f"{args.n} particles, crop {crop}^3 -> box {args.box}^3 at {args.voxel_size_a} Å, "
@@ -178,6 +194,7 @@ def main() -> None:
         plain = _run(args, "plain", tomo, coords, False, tmp / "o")
         plain_rs = _run(args, "plain-rescaled", tomo, coords, False, tmp / "o", repeat=1)  # ~30 s a run
         ours = _run(args, "ours", tomo, coords, False, tmp / "o")
+        ours_zarr = _run(args, "ours", zarr_path, coords, False, tmp / "o")
         disk = _run(args, "disk", tomo, coords, False, tmp / "o")
         plain_mem = _run(args, "plain", tomo, coords, True, tmp / "o")
         ours_mem = _run(args, "ours", tomo, coords, True, tmp / "o")
@@ -188,6 +205,9 @@ def main() -> None:
     print(f"plain loop + numpy.fft rescale:          {plain_rs['seconds']:.2f} s, {rate['plain_rs']:.0f} subtomograms/s")
     print(f"cryonb extract_boxes (Fourier rescaled): {ours['seconds']:.2f} s, {rate['ours']:.0f} subtomograms/s")
     print(f"cryonb extract_subtomograms to disk:     {disk['seconds']:.2f} s, {rate['disk']:.0f} subtomograms/s")
+    zarr_rate = ours_zarr["n"] / ours_zarr["seconds"]
+    print(f"cryonb extract_boxes from OME-Zarr:      {ours_zarr['seconds']:.2f} s, {zarr_rate:.0f} subtomograms/s "
+          f"(64³ chunks, Blosc); ratio OME-Zarr / MRC input {zarr_rate / rate['ours']:.2f}x")
     print(f"ratio cryonb / plain slicing: {rate['ours'] / rate['plain']:.2f}x (issue target >= 1x); "
           f"cryonb / plain + numpy.fft rescale (same output): {rate['ours'] / rate['plain_rs']:.2f}x")
     out_mb = args.n * args.box**3 * 4 / 2**20

@@ -1,11 +1,13 @@
 """Subtomograms from a user's tomogram: coordinates in, normalised boxes at the model's voxel size out.
 
 Public surface: :func:`extract_subtomograms` (tomogram file + coordinate file → folder),
-:func:`open_tomogram`, :func:`read_coordinates`, :func:`fourier_rescale`, :class:`ExtractResult`.
+:func:`open_volume`, :func:`open_tomogram`, :func:`read_coordinates`, :func:`fourier_rescale`, :class:`ExtractResult`.
 
 How a box is made
 -----------------
-1. The tomogram is opened memory-mapped (``mrcfile.mmap``): only the voxels of the boxes are read.
+1. The tomogram is opened memory-mapped (``mrcfile.mmap``): only the voxels of the boxes are read. An
+   OME-Zarr tomogram (a ``.zarr`` folder or an ``http(s)://`` address, :mod:`cryonb.omezarr`) is opened at
+   the multiscale level nearest the model's voxel size and read chunk by chunk, particles in chunk order.
 2. Around each particle a cube of ``crop = round(box * voxel_size_a / tomo_voxel_size_a)`` tomogram
    voxels is cut out. A cube that reaches past the volume's edge is padded with the mean of its
    inside part and flagged ``border`` in the metadata (it is kept, never silently dropped).
@@ -18,7 +20,16 @@ How a box is made
 Coordinates are tomogram voxel indices ``(x, y, z)``, 0-based, with voxel ``i`` centred at ``i``
 (``data[z, y, x]``). RELION/Warp STAR files (``rlnCoordinateX/Y/Z``; origin shifts
 ``rlnOriginX/Y/ZAngst`` are subtracted) and RELION 5 centred coordinates
-(``rlnCenteredCoordinateX/Y/ZAngst``) are read with :mod:`starfile`; CSV files need ``x, y, z`` columns.
+(``rlnCenteredCoordinateX/Y/ZAngst``) are read with :mod:`starfile`; CSV files need ``x, y, z`` columns;
+copick picks (a ``.json`` file or a ``Picks/`` folder of them, Å) are read by :func:`cryonb.picks.read_copick_picks`.
+An ``object`` column (CSV, copick) is kept and written to ``meta.csv``.
+
+Pixel sizes are never taken silently: ``meta.csv`` says where the tomogram's voxel size came from
+(``voxel_size_source``: MRC header, OME-Zarr metadata, --tomo-voxel-size-a, confirmed by the Portal voxel
+spacing a ``data fetch portal:...`` recorded) and in what unit the coordinates were given (``coords_unit``).
+A STAR file whose optics declare another pixel size for its pixel coordinates than the tomogram's voxel
+(``rlnTomoTiltSeriesPixelSize``, else ``rlnImagePixelSize``) is an error naming both, as is a tomogram
+whose header disagrees with the Portal's voxel spacing.
 """
 
 from __future__ import annotations
@@ -33,6 +44,7 @@ from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Any
 
 import mrcfile
 import numpy as np
@@ -44,11 +56,14 @@ from tqdm import tqdm
 
 from cryonb.errors import CryoNBError
 from cryonb.io import check_mrc_header, require_file, write_mrc, write_text_atomic
+from cryonb.omezarr import is_zarr_path, open_omezarr
 from cryonb.outputs import check_output_folder, output_folder
 from cryonb.simulate.polarity import MODEL_POLARITY, check_polarity, convert_polarity
 
 __all__ = [
     "ExtractResult",
+    "OpenTomogram",
+    "open_volume",
     "open_tomogram",
     "read_coordinates",
     "fourier_rescale",
@@ -79,31 +94,53 @@ class ExtractResult:
     duplicates: tuple[int, ...] = ()  # file rows repeating an earlier row's x, y, z (extracted anyway)
 
 
+@dataclass(frozen=True)
+class OpenTomogram:
+    """An opened tomogram.
+
+    data: (z, y, x) voxels, memory-mapped (MRC) or read lazily (OME-Zarr); valid inside the ``with`` block.
+    voxel_size_a: voxel size in Å; voxel_size_source: where it came from (for ``meta.csv``).
+    """
+
+    data: Any
+    voxel_size_a: float
+    voxel_size_source: str
+    name: str
+
+
 @contextlib.contextmanager
-def open_tomogram(
-    path: str | os.PathLike[str], voxel_size_a: float | None = None
-) -> Iterator[tuple[np.ndarray, float]]:
-    """Open an MRC tomogram memory-mapped, read-only.
+def open_volume(
+    path: str | os.PathLike[str], voxel_size_a: float | None = None, *, target_voxel_size_a: float | None = None
+) -> Iterator[OpenTomogram]:
+    """Open an MRC tomogram memory-mapped, or an OME-Zarr tomogram lazily, read-only.
 
     Parameters
     ----------
-    path : path
-        MRC file with a 3-D volume.
+    path : path or str
+        MRC file with a 3-D volume, a local ``.zarr`` folder, or an ``http(s)://`` OME-Zarr address.
     voxel_size_a : float or None
-        Tomogram voxel size in Å; overrides the header. ``None`` takes the header's.
+        Tomogram voxel size in Å; overrides the header / zarr metadata (both are recorded in the source).
+    target_voxel_size_a : float or None
+        OME-Zarr only: open the multiscale level nearest this voxel size (the model's).
 
     Yields
     ------
-    data : np.memmap, (z, y, x)
-        The file's voxels in their stored dtype; valid only inside the ``with`` block.
-    voxel_size_a : float
-        Voxel size in Å (> 0).
+    OpenTomogram
     """
-    p = require_file(path, "tomogram file")
     if voxel_size_a is not None and not voxel_size_a > 0:
-        raise CryoNBError(f"{p}: tomogram voxel size given as {voxel_size_a} Å; expected > 0")
+        raise CryoNBError(f"{path}: tomogram voxel size given as {voxel_size_a} Å; expected > 0")
     if voxel_size_a is not None:
-        _check_voxel_size(voxel_size_a, f"{p}: tomogram voxel size given (--tomo-voxel-size-a)")
+        _check_voxel_size(voxel_size_a, f"{path}: tomogram voxel size given (--tomo-voxel-size-a)")
+    if is_zarr_path(path):
+        vol = open_omezarr(str(path), target_voxel_size_a)
+        size_a, source = vol.voxel_size_a, vol.source
+        if voxel_size_a is not None:
+            size_a = float(voxel_size_a)
+            source = f"--tomo-voxel-size-a (the OME-Zarr metadata says {vol.voxel_size_a:g} Å at level {vol.level})"
+        _check_voxel_size(size_a, f"{path}: {source}")
+        yield OpenTomogram(vol.data, size_a, source, str(path))
+        return
+    p = require_file(path, "tomogram file")
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("error")  # mrcfile only warns about a bad header in permissive mode
@@ -128,7 +165,32 @@ def open_tomogram(
             )
         source = "tomogram voxel size" if voxel_size_a is not None else "header voxel size (override: --tomo-voxel-size-a)"
         _check_voxel_size(size_a, f"{p}: {source}")
-        yield data, size_a
+        recorded = "MRC header" if voxel_size_a is None else f"--tomo-voxel-size-a (MRC header: {header_a:g} Å)"
+        yield OpenTomogram(data, size_a, recorded, str(p))
+
+
+@contextlib.contextmanager
+def open_tomogram(
+    path: str | os.PathLike[str], voxel_size_a: float | None = None
+) -> Iterator[tuple[Any, float]]:
+    """Open a tomogram read-only: ``(data, voxel_size_a)`` of :func:`open_volume` (finest OME-Zarr level).
+
+    Parameters
+    ----------
+    path : path
+        MRC file with a 3-D volume (or an OME-Zarr, see :func:`open_volume`).
+    voxel_size_a : float or None
+        Tomogram voxel size in Å; overrides the header. ``None`` takes the header's.
+
+    Yields
+    ------
+    data : np.memmap, (z, y, x)
+        The file's voxels in their stored dtype; valid only inside the ``with`` block.
+    voxel_size_a : float
+        Voxel size in Å (> 0).
+    """
+    with open_volume(path, voxel_size_a) as tomo:
+        yield tomo.data, tomo.voxel_size_a
 
 
 #: Voxel sizes (Å) outside this range are typing mistakes (nm for Å, a missing exponent), not data.
@@ -142,8 +204,8 @@ def _check_voxel_size(value: float, what: str) -> None:
         raise CryoNBError(f"{what} is {value:g} Å; expected a voxel size between {lo:g} and {hi:g} Å")
 
 
-def _read_table(path: Path) -> pd.DataFrame:
-    """The particle table of a STAR or CSV file."""
+def _read_table(path: Path) -> tuple[pd.DataFrame, pd.DataFrame | None]:
+    """The particle table of a STAR or CSV file, and a STAR file's optics table (None if it has none)."""
     suffix = path.suffix.lower()
     if suffix == ".star":
         try:
@@ -151,9 +213,10 @@ def _read_table(path: Path) -> pd.DataFrame:
         except Exception as exc:  # starfile raises assorted parser errors
             raise CryoNBError(f"{path}: not a readable STAR file ({exc})") from exc
         blocks = [df for df in doc.values() if isinstance(df, pd.DataFrame)]
+        optics = doc.get("optics") if isinstance(doc.get("optics"), pd.DataFrame) else None
         for df in blocks:
             if {"rlnCoordinateX", "rlnCenteredCoordinateXAngst"} & set(df.columns):
-                return df
+                return df, optics
         found = sorted({c for df in blocks for c in df.columns})
         raise CryoNBError(
             f"{path}: no coordinate columns; expected rlnCoordinateX/Y/Z or "
@@ -161,11 +224,11 @@ def _read_table(path: Path) -> pd.DataFrame:
         )
     if suffix in (".csv", ".tsv", ".txt"):
         try:
-            return pd.read_csv(path, sep=None, engine="python")
+            return pd.read_csv(path, sep=None, engine="python"), None
         except (pd.errors.ParserError, pd.errors.EmptyDataError, UnicodeDecodeError, csv.Error) as exc:
             # csv.Error: the delimiter sniffer gives up, e.g. on an empty file
             raise CryoNBError(f"{path}: not a readable CSV file ({exc}); expected columns x, y, z") from exc
-    raise CryoNBError(f"{path}: unknown coordinate file type {suffix!r}; expected .star or .csv")
+    raise CryoNBError(f"{path}: unknown coordinate file type {suffix!r}; expected .star, .csv or copick .json")
 
 
 def _numeric(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
@@ -176,37 +239,72 @@ def _numeric(df: pd.DataFrame, column: str, path: Path) -> np.ndarray:
     return values
 
 
+#: STAR labels that give the pixel size of ``rlnCoordinateX/Y/Z``, in order of precedence: RELION 4/5 put
+#: particle coordinates in (unbinned) tilt-series pixels; other writers give the image pixel size
+_STAR_PIXEL_LABELS = ("rlnTomoTiltSeriesPixelSize", "rlnImagePixelSize")
+
+
+def _star_pixel_size(df: pd.DataFrame, optics: pd.DataFrame | None, path: Path) -> tuple[float, str] | None:
+    """The pixel size a STAR file declares for its pixel coordinates, and where (None when it declares none)."""
+    for label in _STAR_PIXEL_LABELS:
+        for block, table in (("particles", df), ("optics", optics)):
+            if table is None or label not in table.columns:
+                continue
+            values = np.unique(_numeric(table, label, path))
+            if len(values) > 1 and values.max() > 1.01 * values.min():
+                raise CryoNBError(f"{path}: {label} takes {len(values)} values ({', '.join(f'{v:g}' for v in values[:5])} Å); "
+                                  "expected one pixel size for the particles of one tomogram")
+            return float(values[0]), f"{block} {label}"
+    return None
+
+
 def read_coordinates(
     path: str | os.PathLike[str],
     *,
     shape_zyx: tuple[int, int, int] | None = None,
     voxel_size_a: float | None = None,
     tomo_name: str | None = None,
+    objects: list[str] | None = None,
+    coords_pixel_size_a: float | None = None,
+    voxel_size_source: str = "the tomogram",
 ) -> pd.DataFrame:
-    """Particle centres in tomogram voxels from a RELION/Warp STAR file or a CSV.
+    """Particle centres in tomogram voxels from a RELION/Warp STAR file, a CSV or copick picks.
 
     Parameters
     ----------
     path : path
-        ``.star`` (``rlnCoordinateX/Y/Z`` in voxels, or RELION 5 ``rlnCenteredCoordinateX/Y/ZAngst``)
-        or ``.csv`` with ``x, y, z`` columns (voxels, any case).
+        ``.star`` (``rlnCoordinateX/Y/Z`` in pixels, or RELION 5 ``rlnCenteredCoordinateX/Y/ZAngst``),
+        ``.csv`` with ``x, y, z`` columns (voxels, any case; an ``object`` column is kept), or copick picks:
+        a ``.json`` file or a folder of them (Å, see :func:`cryonb.picks.read_copick_picks`).
     shape_zyx : tuple of int, optional
         Tomogram shape; needed for centred coordinates and to check every particle is inside.
     voxel_size_a : float, optional
-        Tomogram voxel size in Å; needed for Å coordinates and origin shifts.
+        Tomogram voxel size in Å; needed for Å coordinates, origin shifts and pixel-size checks.
     tomo_name : str, optional
         Keep only rows whose ``rlnTomoName``/``rlnMicrographName`` equals this (needed when the STAR
         file lists several tomograms).
+    objects : list of str, optional
+        Keep only these values of the ``object`` column (CSV, copick); an unknown one is an error.
+    coords_pixel_size_a : float, optional
+        Pixel size (Å) of pixel coordinates (STAR ``rlnCoordinateX``, CSV ``x``) when it is not the
+        tomogram's voxel: they are converted with ``coords_pixel_size_a / voxel_size_a``.
+    voxel_size_source : str
+        Where ``voxel_size_a`` came from, named in a mismatch error.
 
     Returns
     -------
     pandas.DataFrame
-        Columns ``x, y, z`` (float, voxels) plus ``row`` (index in the file).
+        Columns ``x, y, z`` (float, voxels) plus ``row`` (index in the file) and ``object`` when the file
+        has one; ``attrs["coords_unit"]`` says what unit the file gave.
     """
+    p = Path(path)
+    if p.is_dir() or p.suffix.lower() == ".json":
+        return _read_copick(p, shape_zyx, voxel_size_a, objects)
     p = require_file(path, "coordinate file")
     if p.stat().st_size == 0:
         raise CryoNBError(f"{p}: empty file; expected particle coordinates (.star or .csv with x, y, z)")
-    df = _read_table(p).reset_index(drop=True)
+    df, optics = _read_table(p)
+    df = df.reset_index(drop=True)
     df.insert(0, "row", np.arange(len(df)))
     name_col = next((c for c in ("rlnTomoName", "rlnMicrographName") if c in df.columns), None)
     if tomo_name is not None:
@@ -219,6 +317,8 @@ def read_coordinates(
             f"{p}: lists particles of {len(names)} tomograms ({', '.join(names[:5])}...); "
             "choose one with --tomo-name"
         )
+    object_col = next((c for c in df.columns if str(c).lower().strip() in ("object", "rlnobjectname")), None)
+    df = _keep_objects(df, object_col, objects, p)
     if df.empty:
         raise CryoNBError(f"{p}: no particles" + (f" for tomogram {tomo_name!r}" if tomo_name else ""))
 
@@ -245,14 +345,82 @@ def read_coordinates(
         # (3dem/relion#1137), which the binned tomogram cannot tell us; n / 2 (as pytom-match-pick uses)
         # is within one binned voxel of it.
         xyz = xyz / voxel_size_a + np.array(shape_zyx[::-1], dtype=np.float64) / 2
+        unit = "Å from the tomogram centre (RELION 5 rlnCenteredCoordinate*Angst)"
+    else:
+        unit = _pixel_unit(df, optics, p, voxel_size_a, coords_pixel_size_a, voxel_size_source)
+        if coords_pixel_size_a is not None:
+            if voxel_size_a is None:
+                raise CryoNBError(f"{p}: --coords-pixel-size-a needs the tomogram voxel size")
+            xyz = xyz * (coords_pixel_size_a / voxel_size_a)
     origin = [f"rlnOrigin{a}Angst" for a in "XYZ"]
     if all(c in df.columns for c in origin):
         if voxel_size_a is None:
             raise CryoNBError(f"{p}: rlnOrigin*Angst shifts need the tomogram voxel size")
         xyz -= np.stack([_numeric(df, c, p) for c in origin], axis=1) / voxel_size_a
     out = pd.DataFrame({"row": df["row"].to_numpy(), "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2]})
+    if object_col is not None:
+        out["object"] = df[object_col].astype(str).to_numpy()
+    out.attrs["coords_unit"] = unit
     if shape_zyx is not None:
         _check_inside(out, shape_zyx, p)
+    return out
+
+
+def _keep_objects(df: pd.DataFrame, object_col: str | None, objects: list[str] | None, path: Path) -> pd.DataFrame:
+    """Rows of the requested objects; raise naming an object the file does not hold."""
+    if not objects:
+        return df
+    if object_col is None:
+        raise CryoNBError(f"{path}: --object {objects} given but the file has no object column")
+    found = sorted(df[object_col].astype(str).unique())
+    unknown = [o for o in objects if o not in found]
+    if unknown:
+        raise CryoNBError(f"{path}: object(s) {unknown} not in the file; found {found or 'none'}")
+    return df[df[object_col].astype(str).isin(objects)]
+
+
+def _pixel_unit(
+    df: pd.DataFrame, optics: pd.DataFrame | None, path: Path, voxel_size_a: float | None,
+    coords_pixel_size_a: float | None, voxel_size_source: str,
+) -> str:
+    """What the pixel coordinates are in; raise when the STAR file declares another pixel size than we would use."""
+    if coords_pixel_size_a is not None:
+        _check_voxel_size(coords_pixel_size_a, "coordinate pixel size (--coords-pixel-size-a)")
+    declared = _star_pixel_size(df, optics, path)
+    used = coords_pixel_size_a if coords_pixel_size_a is not None else voxel_size_a
+    if declared is not None and used is not None and abs(declared[0] - used) > 0.01 * used:
+        size, where = declared
+        if coords_pixel_size_a is not None:
+            raise CryoNBError(f"{path}: {where} is {size:g} Å but --coords-pixel-size-a is {coords_pixel_size_a:g} Å; "
+                              "expected one pixel size for the coordinates")
+        raise CryoNBError(
+            f"{path}: the rlnCoordinateX/Y/Z pixels are {size:g} Å ({where}) but the tomogram's voxels are {used:g} Å "
+            f"({voxel_size_source}); pass --coords-pixel-size-a {size:g} to convert the coordinates "
+            f"(or --coords-pixel-size-a {used:g} if they are tomogram voxels)"
+        )
+    if coords_pixel_size_a is not None:
+        return f"pixels of {coords_pixel_size_a:g} Å (--coords-pixel-size-a)" + (f", = {declared[1]}" if declared else "")
+    return "tomogram voxels" + (f" ({declared[1]} {declared[0]:g} Å agrees)" if declared else "")
+
+
+def _read_copick(
+    path: Path, shape_zyx: tuple[int, int, int] | None, voxel_size_a: float | None, objects: list[str] | None
+) -> pd.DataFrame:
+    """copick picks (Å) as tomogram voxels."""
+    from cryonb.picks import read_copick_picks
+
+    if path.is_dir() and not any(path.glob("*.json")):
+        raise CryoNBError(f"{path}: is a directory; expected coordinate file (.star, .csv, copick .json) "
+                          "or a copick Picks folder of .json files")
+    picks = read_copick_picks(path, objects)
+    if voxel_size_a is None:
+        raise CryoNBError(f"{path}: copick picks are in Å; converting them needs the tomogram voxel size")
+    xyz = picks[["x_a", "y_a", "z_a"]].to_numpy() / voxel_size_a  # copick: voxel i sits at i × voxel size
+    out = pd.DataFrame({"row": np.arange(len(picks)), "x": xyz[:, 0], "y": xyz[:, 1], "z": xyz[:, 2],
+                        "object": picks["object"].to_numpy(), "pick_score": picks["score"].to_numpy()})
+    out.attrs["coords_unit"] = "Å (copick picks: location + transformation translation)"
+    if shape_zyx is not None:
+        _check_inside(out, shape_zyx, path)
     return out
 
 
@@ -444,8 +612,9 @@ def extract_boxes(
 
     Parameters
     ----------
-    data : np.ndarray or np.memmap, (z, y, x)
-        Tomogram voxels (any real dtype).
+    data : np.ndarray, np.memmap or lazily read array, (z, y, x)
+        Tomogram voxels (any real dtype). An array that is not a NumPy array (OME-Zarr) is read in
+        chunk order (particles sorted by the chunk their crop starts in), so each chunk is decompressed once.
     coords : pandas.DataFrame
         ``x, y, z`` particle centres in tomogram voxels (see :func:`read_coordinates`).
     box, crop : int
@@ -475,7 +644,13 @@ def extract_boxes(
     inside = np.ones(n)
     flat = np.zeros(n, dtype=bool)
     batch = max(1, _BATCH_BYTES // (4 * crop**3))
-    data = np.asarray(data)  # a plain view of a memmap: slicing skips np.memmap's per-slice bookkeeping
+    if isinstance(data, np.ndarray):
+        data = np.asarray(data)  # a plain view of a memmap: slicing skips np.memmap's per-slice bookkeeping
+        order = np.arange(n)
+    else:  # a chunked array: neighbours in a chunk one after another, so the chunk cache serves them
+        chunks = np.maximum(np.asarray(getattr(data, "chunks", (crop,) * 3), dtype=np.int64), 1)
+        key = np.maximum(starts, 0) // chunks
+        order = np.lexsort((key[:, 2], key[:, 1], key[:, 0]))
     ranges = [(b0, min(n, b0 + batch)) for b0 in range(0, n, batch)]
     # One reader thread fetches the next batch's crops while torch rescales this one; torch gets the
     # other cores (oversubscribed OpenMP threads spin and slow everything down several-fold).
@@ -483,30 +658,32 @@ def extract_boxes(
     torch.set_num_threads(max(1, min(threads, (os.cpu_count() or 1) - 1)))
     with contextlib.ExitStack() as restore, ThreadPoolExecutor(max_workers=1) as reader:
         restore.callback(torch.set_num_threads, threads)
-        pending = reader.submit(_read_crops, data, starts[: ranges[0][1]], crop) if ranges else None
+        pending = reader.submit(_read_crops, data, starts[order[: ranges[0][1]]], crop) if ranges else None
         for k, (b0, b1) in enumerate(tqdm(ranges, desc="extract", unit="batch", disable=not progress)):
             assert pending is not None
-            crops, inside[b0:b1] = pending.result()
+            rows = order[b0:b1]
+            crops, inside[rows] = pending.result()
             if k + 1 < len(ranges):
-                pending = reader.submit(_read_crops, data, starts[ranges[k + 1][0] : ranges[k + 1][1]], crop)
+                pending = reader.submit(_read_crops, data, starts[order[ranges[k + 1][0] : ranges[k + 1][1]]], crop)
             # NaN/inf in a crop makes its sum non-finite: one cheap pass instead of an isfinite mask.
             bad_rows = np.flatnonzero(~np.isfinite(crops.reshape(b1 - b0, -1).sum(axis=1)))
             if bad_rows.size:
-                i = b0 + int(bad_rows[0])
-                bad = int(np.count_nonzero(~np.isfinite(crops[i - b0])))
+                i = int(rows[int(bad_rows[0])])
+                bad = int(np.count_nonzero(~np.isfinite(crops[int(bad_rows[0])])))
                 x, y, z = xyz[i]
                 raise CryoNBError(
                     f"{source}: {bad} NaN or infinite voxel(s) in the box around particle {i} "
                     f"(x={x:g}, y={y:g}, z={z:g}); expected finite values"
                 )
-            boxes = _rescale_torch(crops, box, shifts[b0:b1])
-            target = volumes[b0:b1]
-            if target.flags.c_contiguous and target.flags.writeable:
-                flat[b0:b1] = _zscore_into(boxes, target)
+            boxes = _rescale_torch(crops, box, shifts[rows])
+            in_order = rows[-1] - rows[0] == b1 - b0 - 1 and (np.diff(rows) == 1).all()
+            target = volumes[rows[0] : rows[-1] + 1] if in_order else None
+            if target is not None and target.flags.c_contiguous and target.flags.writeable:
+                flat[rows] = _zscore_into(boxes, target)
             else:  # torch writes only into contiguous, writeable arrays: go through a buffer
                 buffer = np.empty((b1 - b0, box, box, box), dtype=np.float32)
-                flat[b0:b1] = _zscore_into(boxes, buffer)
-                volumes[b0:b1] = buffer
+                flat[rows] = _zscore_into(boxes, buffer)
+                volumes[rows] = buffer
     meta = pd.DataFrame(
         {
             "row": coords["row"].to_numpy() if "row" in coords else np.arange(n),
@@ -537,6 +714,8 @@ def extract_subtomograms(
     progress: bool = True,
     overwrite: bool = False,
     polarity: str = "dark",
+    objects: list[str] | None = None,
+    coords_pixel_size_a: float | None = None,
 ) -> ExtractResult:
     """Extract every particle of ``coordinates`` from ``tomogram`` into ``out_dir``.
 
@@ -549,14 +728,18 @@ def extract_subtomograms(
     Duplicate picks are extracted and named in a ``UserWarning``. ``polarity`` says what the tomogram shows
     ("dark": protein darker than ice, as reconstructed from raw tilts; "bright": after an invert-contrast step);
     the boxes are converted to the models' convention (:data:`cryonb.simulate.MODEL_POLARITY`) and ``meta.csv``
-    records both (``polarity`` of the boxes, ``tomogram_polarity``).
+    records both (``polarity`` of the boxes, ``tomogram_polarity``). ``tomogram`` may be an OME-Zarr (local
+    ``.zarr`` or ``http(s)://``): the level nearest ``voxel_size_a`` is read. ``meta.csv`` also records
+    ``voxel_size_source``, ``coords_unit``, the tomogram's size (``tomo_size_x/y/z``, for RELION 5 output)
+    and the ``object`` of each pick when the coordinates name one.
 
     Raises
     ------
     CryoNBError
         Missing/corrupt tomogram, voxel size 0, missing or implausible, unreadable coordinates or no
         coordinate columns, a particle outside the volume, NaN/inf in a box, a bad box or voxel size,
-        a box spanning more than twice the tomogram, not enough memory or disk, a refused output folder.
+        a box spanning more than twice the tomogram, not enough memory or disk, a refused output folder,
+        a pixel size of the coordinates or a Portal voxel spacing that disagrees with the tomogram's.
     """
     if not (isinstance(box, (int, np.integer)) and box >= 4):
         raise CryoNBError(f"box must be an integer >= 4 voxels, got {box!r}")
@@ -564,12 +747,16 @@ def extract_subtomograms(
         raise CryoNBError(f"model voxel size (--voxel-size-a) is {voxel_size_a} Å; expected > 0")
     check_polarity(polarity, "tomogram polarity (--polarity)")
     _check_voxel_size(voxel_size_a, "model voxel size (--voxel-size-a)")
-    tomo_path, out = Path(tomogram), Path(out_dir)
-    inputs = (tomo_path, Path(coordinates))
+    remote = str(tomogram).lower().startswith(("http://", "https://"))
+    tomo_path, out = (str(tomogram) if remote else Path(tomogram)), Path(out_dir)
+    inputs = ((Path(coordinates),) if remote else (Path(tomogram), Path(coordinates)))
     # before any reading: a refused output folder should not cost a pass over the tomogram
     check_output_folder(out, "extract", EXTRACT_OUTPUTS, inputs, overwrite, _is_unmarked_extract)
-    with open_tomogram(tomo_path, tomo_voxel_size_a) as (data, tomo_a):
-        coords = read_coordinates(coordinates, shape_zyx=tuple(data.shape), voxel_size_a=tomo_a, tomo_name=tomo_name)
+    with open_volume(tomo_path, tomo_voxel_size_a, target_voxel_size_a=voxel_size_a) as tomo:
+        data, tomo_a = tomo.data, tomo.voxel_size_a
+        source = _confirm_with_portal(tomo_path, tomo, tomo_voxel_size_a is not None)
+        coords = read_coordinates(coordinates, shape_zyx=tuple(data.shape), voxel_size_a=tomo_a, tomo_name=tomo_name,
+                                  objects=objects, coords_pixel_size_a=coords_pixel_size_a, voxel_size_source=source)
         crop = crop_size(box, voxel_size_a, tomo_a)
         _check_box_fits(box, crop, tuple(data.shape), tomo_path)
         _check_resources(len(coords), box, crop, out, write_mrcs)
@@ -601,11 +788,38 @@ def extract_subtomograms(
             meta["crop"] = crop
             meta["polarity"] = MODEL_POLARITY
             meta["tomogram_polarity"] = polarity
+            meta["voxel_size_source"] = source
+            meta["coords_unit"] = coords.attrs.get("coords_unit", "")
+            for axis, n in zip("zyx", data.shape):
+                meta[f"tomo_size_{axis}"] = int(n)
+            for column in ("object", "pick_score"):
+                if column in coords:
+                    meta[column] = coords[column].to_numpy()
             if write_mrcs:
                 meta["mrc"] = [f"mrc/subtomo_{i:06d}.mrc" for i in range(len(meta))]
             write_text_atomic(tmp / "meta.csv", meta.to_csv(index=False))
     dup_rows = tuple(r for r, _ in duplicates)
     return ExtractResult(out / "volumes.npy", out / "meta.csv", len(meta), int(meta["border"].sum()), crop, dup_rows)
+
+
+def _confirm_with_portal(tomogram: str | Path, tomo: OpenTomogram, overridden: bool) -> str:
+    """The voxel-size source for ``meta.csv``, checked against the Portal's voxel spacing when a
+    ``data fetch portal:...`` manifest records this tomogram; a disagreement is an error naming both."""
+    from cryonb.portal import recorded_voxel_size
+
+    recorded = recorded_voxel_size(tomogram)
+    if recorded is None:
+        return tomo.voxel_size_source
+    portal_a, manifest = recorded
+    if overridden:
+        return f"{tomo.voxel_size_source}; the Portal's voxel spacing is {portal_a:g} Å ({manifest})"
+    if abs(portal_a - tomo.voxel_size_a) > 0.01 * portal_a:
+        raise CryoNBError(
+            f"{tomogram}: voxel size {tomo.voxel_size_a:g} Å ({tomo.voxel_size_source}) but the CryoET Data Portal's "
+            f"voxel spacing is {portal_a:g} Å ({manifest}); expected the same: fetch the tomogram again, or pass "
+            "--tomo-voxel-size-a with the right one"
+        )
+    return f"{tomo.voxel_size_source}; = the Portal's voxel spacing {portal_a:g} Å ({manifest})"
 
 
 #: what ``extract`` writes into its output folder (everything else there is the user's and kept)

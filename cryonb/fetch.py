@@ -8,7 +8,9 @@ a server that ignores it (answers ``200`` instead of ``206``) gets a clean resta
 Only ``http(s)`` URLs are fetched, and neither ``dest`` nor its ``.part`` may be a link or a special file.
 Only a file whose checksum matches (sha256, or md5 where a publisher such as Zenodo gives only
 that) is renamed onto ``dest`` (``os.replace``, atomic on
-one file system), so an existing good copy survives any failed or corrupt download.
+one file system), so an existing good copy survives any failed or corrupt download. Where a publisher
+gives only a size (the CryoET Data Portal), ``checksum=None`` with ``size_bytes`` accepts a ``.part`` of
+exactly that size; the caller records the sha256 it then computes, so a later fetch verifies against it.
 """
 
 from __future__ import annotations
@@ -113,6 +115,10 @@ def _open(url: str, offset: int, timeout_s: float) -> http.client.HTTPResponse:
             raise  # the caller decides: the .part file may already be complete, or stale
         raise CryoNBError(f"{url}: server answered HTTP {exc.code} ({exc.reason}); expected the file") from exc
     except (urllib.error.URLError, OSError) as exc:
+        reason = getattr(exc, "reason", exc)
+        if isinstance(reason, (TimeoutError, socket.timeout)):
+            raise CryoNBError(f"{url}: no answer within {timeout_s:g} s; check the address and your network, "
+                              "or try again later") from exc
         raise CryoNBError(f"{url}: cannot connect ({exc}); check the address and your network") from exc
 
 
@@ -124,8 +130,11 @@ def _resumes_at(response: http.client.HTTPResponse, offset: int) -> bool:
     return bool(match) and int(match.group(1)) == offset
 
 
-def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
+def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> bool:
     """Bring ``part`` to the full body of ``url``, resuming from its current size when the server allows.
+
+    Returns True when the server announced the body's length (so ``part`` holds all of it), False when it
+    did not (a connection that closed early would look the same).
 
     Raises
     ------
@@ -137,7 +146,7 @@ def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
         response = _open(url, offset, timeout_s)
     except urllib.error.HTTPError:
         # 416: our .part is at least as long as the file. Keep it if complete, else the caller restarts.
-        return
+        return True
     with response:
         resume = _resumes_at(response, offset)
         if not resume:
@@ -169,13 +178,22 @@ def _fetch_once(url: str, part: Path, timeout_s: float, progress: bool) -> None:
                 bar.update(len(chunk))
     if total is not None and received < total:
         raise _Interrupted(f"after {received} of {total} bytes")
+    return total is not None
+
+
+def _matches(path: Path, algorithm: str, expected: str | None, size_bytes: int | None) -> bool:
+    """True when ``path`` has the expected size (if given) and digest (if given); the size is checked first (cheap)."""
+    if size_bytes is not None and path.stat().st_size != size_bytes:
+        return False
+    return expected is None or file_digest(path, algorithm) == expected
 
 
 def download_verified(
     url: str,
     dest: str | os.PathLike[str],
-    checksum: str,
+    checksum: str | None,
     *,
+    size_bytes: int | None = None,
     progress: bool = True,
     attempts: int = 3,
     timeout_s: float = 60.0,
@@ -188,8 +206,11 @@ def download_verified(
         ``http://`` or ``https://`` address of one file; other schemes (``file://``, ``data:``) are refused.
     dest : path
         Final location. If it already holds a file with the right checksum nothing is downloaded.
-    checksum : str
+    checksum : str or None
         Expected digest, case-insensitive: ``"sha256:<hex>"``, ``"md5:<hex>"`` or bare sha256 hex.
+        ``None`` where the publisher gives none: then ``size_bytes`` is required.
+    size_bytes : int, optional
+        Expected size in bytes; checked whenever given (before the checksum).
     progress : bool
         Show a tqdm byte counter on stderr.
     attempts : int
@@ -203,15 +224,18 @@ def download_verified(
         A URL that is not http(s), a destination (or its ``.part``) that is a link, folder or special
         file, unreachable URL or HTTP error, download still incomplete after ``attempts``
         (the ``.part`` file is kept so the next call resumes), or a checksum mismatch
-        (message names the URL, expected and actual digests; ``dest`` is untouched).
+        (message names the URL, expected and actual digests; ``dest`` is untouched), or a size other
+        than ``size_bytes``.
     """
     dest = Path(dest)
     check_url(url)
-    algorithm, expected = parse_checksum(checksum, url)
+    if checksum is None and (size_bytes is None or size_bytes < 0):
+        raise CryoNBError(f"{url}: neither a checksum nor a size to verify the download against; expected at least one")
+    algorithm, expected = parse_checksum(checksum, url) if checksum is not None else ("sha256", None)
     part = _part_path(dest)
     _refuse_special(dest, "the download's destination")
     _refuse_special(part, "the partial download")
-    if dest.is_file() and file_digest(dest, algorithm) == expected:
+    if dest.is_file() and _matches(dest, algorithm, expected, size_bytes):
         return dest
     dest.parent.mkdir(parents=True, exist_ok=True)
 
@@ -220,23 +244,29 @@ def download_verified(
     for _ in range(max(1, attempts)):
         resumed = part.exists() and part.stat().st_size > 0
         try:
-            _fetch_once(url, part, timeout_s, progress)
+            announced = _fetch_once(url, part, timeout_s, progress)
         except _Interrupted as exc:
             last_error = str(exc)
             continue
-        actual = file_digest(part, algorithm) if part.exists() else hashlib.new(algorithm, b"").hexdigest()
-        if actual == expected:
+        size = part.stat().st_size if part.exists() else 0
+        if size_bytes is not None and size < size_bytes and not announced:
+            # a body that ended early without announcing its length: resume from it on the next attempt
+            last_error = f"after {size} of {size_bytes} bytes"
+            continue
+        if part.exists() and _matches(part, algorithm, expected, size_bytes):
             os.replace(part, dest)
             return dest
+        if size_bytes is not None and size != size_bytes:
+            problem = f"size mismatch: expected {size_bytes} bytes, got {size}"
+        else:
+            actual = file_digest(part, algorithm) if part.exists() else hashlib.new(algorithm, b"").hexdigest()
+            problem = f"checksum mismatch: expected {algorithm} {expected}, got {actual}"
         part.unlink(missing_ok=True)  # a complete but wrong .part cannot be resumed
         if resumed and not restarted:
             # The stale bytes may come from an older version of the file: one clean restart.
             restarted = True
             continue
-        raise CryoNBError(
-            f"{url}: checksum mismatch: expected {algorithm} {expected}, got {actual}; "
-            f"{dest} was not replaced"
-        )
+        raise CryoNBError(f"{url}: {problem}; {dest} was not replaced")
     raise CryoNBError(
         f"{url}: download incomplete (stopped {last_error}) in {max(1, attempts)} attempt(s); "
         f"the partial file {part} is kept, run again to resume"

@@ -4,6 +4,11 @@ Public surface: :func:`load_subtomograms`, :func:`read_support`, :func:`classify
 :func:`write_predictions`, :func:`oneshot_predict`, :func:`write_oneshot`. Checkpoints are read by
 :mod:`cryonb.checkpoints` (tensors and plain values only).
 
+Results go out as CSV, as a RELION STAR file (``star_style="relion4"``: rlnCoordinateX/Y/Z in tomogram
+voxels; ``"relion5"``: rlnTomoName + rlnCenteredCoordinateX/Y/ZAngst and an optics block with the pixel size,
+for RELION 5 / Warp) and, with ``copick=True``, as one copick picks file per class with its score
+(:mod:`cryonb.picks`).
+
 A support folder holds one entry per class, named after the class: either a sub-folder of MRC
 volumes (several = k-shot; their embeddings are averaged, as in :func:`cryonb.oneshot.episode_logits`)
 or a single ``<class>.mrc``. Support volumes must have the subtomograms' box and voxel size; cut them
@@ -36,7 +41,11 @@ __all__ = [
     "write_oneshot",
     "classify_predict",
     "write_predictions",
+    "STAR_STYLES",
 ]
+
+#: the STAR conventions ``classify`` and ``oneshot`` write
+STAR_STYLES = ("relion4", "relion5")
 
 @dataclass(frozen=True)
 class Subtomograms:
@@ -181,7 +190,8 @@ def oneshot_predict(
     Returns
     -------
     table : pandas.DataFrame
-        Per subtomogram: ``index``, ``predicted`` (class name), ``probability`` (its match probability),
+        Per subtomogram: ``index``, ``predicted`` (class name), ``class_number`` (1-based, support order),
+        ``probability`` (its match probability),
         ``p_<class>`` (sigmoid of each class's match logit; they need not sum to 1), the extract
         metadata columns ``x, y, z, border`` when present.
     masks : np.ndarray, (N, box, box, box) float32 or None
@@ -197,7 +207,8 @@ def oneshot_predict(
     prob = torch.sigmoid(logits).numpy()
     _check_finite(prob, str(checkpoint))
     best = prob.argmax(1)
-    table = pd.DataFrame({"index": np.arange(len(prob)), "predicted": [support.names[i] for i in best], "probability": prob.max(1)})
+    table = pd.DataFrame({"index": np.arange(len(prob)), "predicted": [support.names[i] for i in best],
+                          "class_number": best + 1, "probability": prob.max(1)})
     for c, name in enumerate(support.names):
         table[f"p_{name}"] = prob[:, c]
     for col in ("x", "y", "z", "border"):
@@ -210,9 +221,19 @@ def oneshot_predict(
 
 
 def write_oneshot(
-    out_dir: str | os.PathLike[str], table: pd.DataFrame, masks: np.ndarray | None, voxel_size_a: float | None
+    out_dir: str | os.PathLike[str],
+    table: pd.DataFrame,
+    masks: np.ndarray | None,
+    voxel_size_a: float | None,
+    *,
+    meta: pd.DataFrame | None = None,
+    tomo_name: str | None = None,
+    star_style: str = "relion4",
+    copick: bool = False,
 ) -> list[Path]:
-    """Write ``oneshot.csv`` and, with masks, ``masks.npy`` and ``masks/mask_NNNNNN.mrc``; all atomically."""
+    """Write ``oneshot.csv``, ``oneshot.star`` (when coordinates are known), with masks ``masks.npy`` and
+    ``masks/mask_NNNNNN.mrc``, and with ``copick`` ``copick/cryonb_0_<class>.json``; all atomically.
+    ``meta`` is the extract ``meta.csv`` (needed for RELION 5 and copick output)."""
     out = Path(out_dir)
     written: list[Path] = []
     if masks is not None:
@@ -220,6 +241,61 @@ def write_oneshot(
             written.append(write_mrc(out / "masks" / f"mask_{i:06d}.mrc", m, voxel_size_a or 1.0))
         written.append(save_npy_atomic(out / "masks.npy", masks))
     written.append(write_text_atomic(out / "oneshot.csv", table.to_csv(index=False)))
+    written += _write_picks(out, "oneshot", table, meta, tomo_name, star_style, copick)
+    return written
+
+
+def _tomogram_of(meta: pd.DataFrame | None, what: str, need_shape: bool) -> tuple[float, tuple[int, int, int] | None, str]:
+    """(tomogram voxel size Å, shape (z, y, x) or None, name) from an extract ``meta.csv``; raises naming what is missing."""
+    need = ["tomo_voxel_size_a"] + ([f"tomo_size_{a}" for a in "zyx"] if need_shape else [])
+    missing = [c for c in need if meta is None or c not in meta.columns]
+    if missing or meta is None or not len(meta):
+        raise CryoNBError(f"{what} needs the tomogram's {'size and ' if need_shape else ''}voxel size from the extract "
+                          f"meta.csv, which lacks {missing or 'rows'}; re-extract with this cryonb")
+    voxel = float(meta["tomo_voxel_size_a"].iloc[0])
+    shape = tuple(int(meta[f"tomo_size_{a}"].iloc[0]) for a in "zyx") if need_shape else None
+    tomogram = str(meta["tomogram"].iloc[0]) if "tomogram" in meta.columns else "tomogram"
+    name = tomogram.rstrip("/").rsplit("/", 1)[-1]
+    for suffix in (".mrc", ".rec", ".map", ".zarr"):
+        if name.lower().endswith(suffix):
+            name = name[: -len(suffix)]
+    return voxel, shape, name  # type: ignore[return-value]
+
+
+def _write_picks(
+    out: Path, stem: str, table: pd.DataFrame, meta: pd.DataFrame | None, tomo_name: str | None, star_style: str, copick: bool
+) -> list[Path]:
+    """``<stem>.star`` in ``star_style`` (when the table has coordinates) and the copick files."""
+    if star_style not in STAR_STYLES:
+        raise CryoNBError(f"--star-style {star_style!r}: expected one of {', '.join(STAR_STYLES)}")
+    written: list[Path] = []
+    has_xyz = {"x", "y", "z"} <= set(table.columns)
+    if star_style == "relion5" and not has_xyz:
+        raise CryoNBError(f"{stem}: --star-style relion5 needs particle coordinates (x, y, z) in the extract meta.csv")
+    if has_xyz:
+        import starfile
+
+        extra = {"rlnClassNumber": table["class_number"].to_numpy(), "rlnMaxValueProbDistribution": table["probability"].to_numpy()}
+        if star_style == "relion5":
+            from cryonb.picks import relion5_star
+
+            voxel, shape, default_name = _tomogram_of(meta, "--star-style relion5", need_shape=True)
+            assert shape is not None
+            text = relion5_star(table, tomo_name=tomo_name or default_name, tomo_voxel_size_a=voxel, tomo_shape_zyx=shape,
+                                extra=extra)
+        else:
+            star = pd.DataFrame({"rlnCoordinateX": table["x"], "rlnCoordinateY": table["y"], "rlnCoordinateZ": table["z"], **extra})
+            if tomo_name:
+                star.insert(0, "rlnTomoName", tomo_name)
+            text = starfile.to_string({"particles": star})
+        written.append(write_text_atomic(out / f"{stem}.star", text))
+    if copick:
+        from cryonb.picks import write_copick_picks
+
+        if not has_xyz:
+            raise CryoNBError(f"{stem}: --copick needs particle coordinates (x, y, z) in the extract meta.csv")
+        voxel, _, default_name = _tomogram_of(meta, "--copick", need_shape=False)
+        written += write_copick_picks(out / "copick", table, voxel, run_name=tomo_name or default_name)
     return written
 
 
@@ -270,19 +346,20 @@ def classify_predict(checkpoint: str | os.PathLike[str], subtomos: Subtomograms,
     return table
 
 
-def write_predictions(out_dir: str | os.PathLike[str], table: pd.DataFrame, tomo_name: str | None = None) -> list[Path]:
-    """Write ``predictions.csv`` and, when coordinates are known, ``predictions.star`` (RELION labels only:
-    rlnCoordinateX/Y/Z in tomogram voxels, rlnClassNumber 1-based, rlnMaxValueProbDistribution)."""
+def write_predictions(
+    out_dir: str | os.PathLike[str],
+    table: pd.DataFrame,
+    tomo_name: str | None = None,
+    *,
+    meta: pd.DataFrame | None = None,
+    star_style: str = "relion4",
+    copick: bool = False,
+) -> list[Path]:
+    """Write ``predictions.csv`` and, when coordinates are known, ``predictions.star``: ``star_style``
+    "relion4" (rlnCoordinateX/Y/Z in tomogram voxels) or "relion5" (rlnTomoName, rlnCenteredCoordinateX/Y/ZAngst,
+    an optics block with the pixel size), with rlnClassNumber 1-based and rlnMaxValueProbDistribution; with
+    ``copick`` also ``copick/cryonb_0_<class>.json``. ``meta`` is the extract ``meta.csv`` (needed for RELION 5
+    and copick output: the tomogram's size and voxel size)."""
     out = Path(out_dir)
     written = [write_text_atomic(out / "predictions.csv", table.to_csv(index=False))]
-    if {"x", "y", "z"} <= set(table.columns):
-        import starfile
-
-        star = pd.DataFrame({
-            "rlnCoordinateX": table["x"], "rlnCoordinateY": table["y"], "rlnCoordinateZ": table["z"],
-            "rlnClassNumber": table["class_number"], "rlnMaxValueProbDistribution": table["probability"],
-        })
-        if tomo_name:
-            star.insert(0, "rlnTomoName", tomo_name)
-        written.append(write_text_atomic(out / "predictions.star", starfile.to_string({"particles": star})))
-    return written
+    return written + _write_picks(out, "predictions", table, meta, tomo_name, star_style, copick)

@@ -10,8 +10,11 @@ Example:
 
 The support folder holds one sub-folder of MRC volumes (or one <class>.mrc) per class, at least two
 classes, with the subtomograms' box and voxel size. Several volumes in a class are averaged (k-shot).
-Writes OUT/oneshot.csv (predicted class, match probability per class, coordinates, border flag) and,
-for a variant with the decoder, OUT/masks.npy and OUT/masks/mask_NNNNNN.mrc (mask probabilities).
+Writes OUT/oneshot.csv (predicted class, match probability per class, coordinates, border flag), OUT/oneshot.star
+(rlnCoordinateX/Y/Z, rlnClassNumber in support order; --star-style relion5: rlnTomoName +
+rlnCenteredCoordinateX/Y/ZAngst + optics, for RELION 5 / Warp), with --copick OUT/copick/cryonb_0_<class>.json
+(one copick picks file per class, score = match probability) and, for a variant with the decoder,
+OUT/masks.npy and OUT/masks/mask_NNNNNN.mrc (mask probabilities).
 OUT defaults to SUBTOMOS/oneshot/; it is written as one unit (no mask of an earlier run remains) and
 must be new, empty or an earlier oneshot output (--overwrite replaces oneshot.csv, masks.npy and masks/ in
 any folder; other files there are kept). Checkpoints come from `python -m cryonb train cosnet` (or notebook 07).
@@ -27,7 +30,7 @@ from cryonb.predict import load_subtomograms, oneshot_predict, read_support, wri
 
 #: an interrupted run starts over (the output folder is swapped in only when complete)
 RESUMABLE = False
-OUTPUTS = ("oneshot.csv", "masks.npy", "masks")
+OUTPUTS = ("oneshot.csv", "oneshot.star", "masks.npy", "masks", "copick")
 
 
 def add_args(parser: argparse.ArgumentParser) -> None:
@@ -36,6 +39,10 @@ def add_args(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--checkpoint", required=True, help="COS-Net checkpoint (.pt) from `python -m cryonb train cosnet` (runs/<profile>/cosnet/)")
     parser.add_argument("-o", "--out", default=None, help="output folder (default: SUBTOMOS/oneshot)")
     parser.add_argument("--batch-size", type=int, default=32)
+    parser.add_argument("--tomo-name", default=None, help="rlnTomoName / copick run name (default: the tomogram's file name)")
+    parser.add_argument("--star-style", choices=["relion4", "relion5"], default="relion4",
+                        help="relion4: rlnCoordinateX/Y/Z in tomogram voxels (default); relion5: rlnCenteredCoordinate*Angst + optics")
+    parser.add_argument("--copick", action="store_true", help="also write one copick picks file per class (OUT/copick/)")
     parser.add_argument("--overwrite", action="store_true",
                         help="write into a non-empty folder that is not a oneshot output")
 
@@ -49,7 +56,8 @@ def main(args: argparse.Namespace) -> int:
     support = read_support(args.support, subtomos.volumes.shape[1], subtomos.voxel_size_a)
     table, masks = oneshot_predict(args.checkpoint, subtomos, support, batch_size=args.batch_size)
     with output_folder(out, "oneshot", OUTPUTS, inputs, overwrite) as tmp:
-        write_oneshot(tmp, table, masks, subtomos.voxel_size_a)
+        write_oneshot(tmp, table, masks, subtomos.voxel_size_a, meta=subtomos.meta, tomo_name=getattr(args, "tomo_name", None),
+                      star_style=getattr(args, "star_style", "relion4"), copick=getattr(args, "copick", False))
     counts = table["predicted"].value_counts().reindex(support.names, fill_value=0)
     summary = ", ".join(f"{name} {int(n)}" for name, n in counts.items())
     print(f"classified {len(table)} subtomograms against {len(support.names)} classes ({summary}) → {out / 'oneshot.csv'}"
