@@ -1,0 +1,174 @@
+"""fit_many: N models trained together equal the same N trained one at a time (threads: bit for bit; vmap: to
+float tolerance), resume after a kill, a NaN names its model, each model keeps its own best epoch and files.
+
+Tolerance of the vmap executor (CPU, float32): every weight and statistic agrees to 1e-6 absolute after 6 steps
+(measured: ≤ 1.2e-7). They cannot agree bit for bit: a vmapped step runs ``groups=N`` convolutions and BatchNorm
+over N·C channels, whose kernels sum in another order than the single-model kernels (float addition is not
+associative), so sums differ in their last bits (~1e-7 relative). NOTE: with Adam *and* BatchNorm, the bias of a
+convolution in front of a BatchNorm has gradient exactly 0 in exact arithmetic; its computed gradient is rounding
+noise, which Adam divides by its own RMS and turns into steps of up to ``lr`` (measured: 8e-5 at lr 1e-2). Those
+biases do not change the network's output (BatchNorm subtracts them), so Adam is checked on RB3D without
+BatchNorm and BatchNorm with SGD + momentum.
+"""
+
+from dataclasses import replace
+from pathlib import Path
+
+import pytest
+import torch
+from torch import nn
+
+from cryonb import CryoNBError, checkpoints
+from cryonb.data import iterate_batches
+from cryonb.models.rb3d import RB3D, RB3DConfig
+from cryonb.train import TrainConfig, fit, fit_many
+
+pytestmark = pytest.mark.usefixtures("one_torch_thread")
+
+MODEL = RB3DConfig(n_classes=3, width=4, embedding_dim=8, pool_size=2)  # dropout 0.5 and BatchNorm: both per model
+SIZES = (12, 12, 9, 7)  # unequal data: models run out of batches at different steps, last batches differ in size
+TOL = 1e-6
+
+
+def _data(i: int) -> tuple[torch.Tensor, torch.Tensor]:
+    g = torch.Generator().manual_seed(100 + i)
+    return torch.randn(SIZES[i], 1, 8, 8, 8, generator=g), torch.randint(0, 3, (SIZES[i],), generator=g)
+
+
+def _batches(i: int):  # noqa: ANN202
+    x, y = _data(i)
+
+    def batches(epoch: int, g: torch.Generator):  # noqa: ANN202
+        for idx in iterate_batches(len(x), 4, g):
+            yield x[idx] + 0.1 * torch.randn(len(idx), 1, 8, 8, 8, generator=g), y[idx]  # an "augmentation" from the model's stream
+
+    return batches
+
+
+def _loss(m: nn.Module, b: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"loss": nn.functional.cross_entropy(m(b[0]), b[1])}
+
+
+def _models(n: int = 4, norm: str = "batch") -> list[RB3D]:
+    out = []
+    for seed in range(n):
+        torch.manual_seed(seed)
+        out.append(RB3D(replace(MODEL, norm=norm)))
+    return out
+
+
+def _cfg(optimizer: str, epochs: int = 2) -> TrainConfig:
+    return TrainConfig(epochs=epochs, lr=0.01, weight_decay=1e-3, optimizer=optimizer, scheduler="cosine")
+
+
+def _validate(i: int):  # noqa: ANN202
+    x, y = _data(i)
+    return lambda m: {"val_acc": float((m(x).argmax(1) == y).float().mean())}
+
+
+def _alone(cfg: TrainConfig, root: Path | None = None, norm: str = "batch", **kw: object) -> list[RB3D]:
+    models = _models(norm=norm)
+    for i, m in enumerate(models):
+        fit(m, _loss, _batches(i), cfg, seed=10 + i, checkpoint_dir=root / f"m{i}" if root else None, progress=False,
+            validate=_validate(i), select_metric="val_acc", best_kind="rb3d", best_meta={"seed": 10 + i}, **kw)
+    return models
+
+
+def _together(cfg: TrainConfig, executor: str, root: Path | None = None, norm: str = "batch", **kw: object) -> tuple[list[RB3D], list]:
+    models = _models(norm=norm)
+    histories = fit_many(models, _loss, [_batches(i) for i in range(4)], cfg, seeds=[10 + i for i in range(4)], progress=False,
+                         checkpoint_dirs=[root / f"m{i}" for i in range(4)] if root else None, validate=[_validate(i) for i in range(4)],
+                         select_metric="val_acc", best_kind="rb3d", best_meta=[{"seed": 10 + i} for i in range(4)], executor=executor, **kw)
+    return models, histories
+
+
+def _max_diff(a: nn.Module, b: nn.Module) -> float:
+    return max(float((p.float() - q.float()).abs().max()) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
+
+
+@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+def test_threads_equal_one_at_a_time_bit_for_bit(optimizer: str) -> None:
+    alone = _alone(_cfg(optimizer))
+    together, _ = _together(_cfg(optimizer), "threads", workers=2)
+    assert all(_max_diff(a, b) == 0 for a, b in zip(alone, together))
+    assert _max_diff(alone[0], alone[1]) > 0.01  # the models differ: seeds, data, dropout masks
+
+
+@pytest.mark.parametrize(("optimizer", "norm"), [("sgd", "batch"), ("adam", "none")])
+def test_vmap_equals_one_at_a_time_to_float_tolerance(optimizer: str, norm: str) -> None:
+    alone = _alone(_cfg(optimizer), norm=norm)
+    together, _ = _together(_cfg(optimizer), "vmap", norm=norm)
+    diffs = [_max_diff(a, b) for a, b in zip(alone, together)]
+    assert max(diffs) < TOL, diffs
+    assert _max_diff(alone[0], alone[1]) > 0.01
+
+
+@pytest.mark.parametrize("executor", ["threads", "vmap"])
+def test_files_are_those_of_a_model_trained_alone(tmp_path: Path, executor: str) -> None:
+    _alone(_cfg("adam"), tmp_path / "alone")
+    _, histories = _together(_cfg("adam"), executor, tmp_path / "together")
+    for i in range(4):
+        a, b = tmp_path / "alone" / f"m{i}", tmp_path / "together" / f"m{i}"
+        assert sorted(p.name for p in a.iterdir()) == sorted(p.name for p in b.iterdir()) == ["best.pt", "last.pt", "metrics.jsonl"]
+        sa, sb = checkpoints.load_state(a / "last.pt"), checkpoints.load_state(b / "last.pt")  # weights_only=True
+        assert sa.keys() == sb.keys() and sa["optimizer"]["param_groups"] == sb["optimizer"]["param_groups"]
+        assert sa["history"]["best_epoch"] == sb["history"]["best_epoch"] == histories[i].best_epoch
+        best = checkpoints.load(b / "best.pt", "rb3d")
+        assert best["seed"] == 10 + i and best["epoch"] == histories[i].best_epoch - 1
+        assert len(b.joinpath("metrics.jsonl").read_text().splitlines()) == 2
+
+
+@pytest.mark.parametrize("executor", ["threads", "vmap"])
+def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path: Path, executor: str) -> None:
+    straight, _ = _together(_cfg("sgd", epochs=3), executor, tmp_path / "a")
+    calls = iter(range(1000))
+
+    def kill(m: nn.Module, b: object, o: object) -> None:
+        if next(calls) == 20:  # in the second epoch: 3 + 3 + 3 + 2 steps per epoch
+            raise KeyboardInterrupt
+
+    with pytest.raises(KeyboardInterrupt):
+        _together(_cfg("sgd", epochs=3), executor, tmp_path / "b", on_step_end=kill)
+    epochs_saved = [checkpoints.load_state(tmp_path / "b" / f"m{i}" / "last.pt")["epoch"] for i in range(4)]
+    assert min(epochs_saved) == 0  # killed in the middle: some model had not finished epoch 2
+    resumed, histories = _together(_cfg("sgd", epochs=3), executor, tmp_path / "b")  # a new process: fresh weights, last.pt found
+    assert all(_max_diff(a, b) == 0 for a, b in zip(straight, resumed))
+    assert all([e["epoch"] for e in h.epochs] == [1, 2, 3] for h in histories)
+
+
+@pytest.mark.parametrize("executor", ["threads", "vmap"])
+def test_a_nan_names_its_model_and_the_others_keep_their_checkpoints(tmp_path: Path, executor: str) -> None:
+    def poisoned(epoch: int, g: torch.Generator):  # noqa: ANN202
+        for x, y in _batches(2)(epoch, g):
+            yield (x * float("nan") if epoch == 1 else x), y  # model 2's inputs turn NaN in epoch 2
+
+    sources = [_batches(0), _batches(1), poisoned, _batches(3)]
+    with pytest.raises(CryoNBError, match=r"model 2 \(seed 12, .*m2\): epoch 2 step 1: loss is nan .*last good checkpoint kept at .*m2.last\.pt"):
+        fit_many(_models(), _loss, sources, _cfg("sgd", 3), seeds=[10, 11, 12, 13], progress=False,
+                 checkpoint_dirs=[tmp_path / f"m{i}" for i in range(4)], executor=executor, workers=2)
+    assert checkpoints.load_state(tmp_path / "m2" / "last.pt")["epoch"] == 0
+    assert all(checkpoints.load_state(tmp_path / f"m{i}" / "last.pt")["epoch"] >= 0 for i in (0, 1, 3))
+
+
+@pytest.mark.parametrize("executor", ["threads", "vmap"])
+def test_each_model_keeps_its_own_best_epoch(tmp_path: Path, executor: str) -> None:
+    scores = {0: [0.1, 0.9, 0.2], 1: [0.8, 0.1, 0.3], 2: [0.1, 0.2, 0.7], 3: [0.5, 0.5, 0.5]}
+    validates = [(lambda m, s=iter(v): {"val_acc": next(s)}) for v in scores.values()]
+    histories = fit_many(_models(), _loss, [_batches(i) for i in range(4)], _cfg("adam", 3), seeds=[0, 1, 2, 3], progress=False,
+                         checkpoint_dirs=[tmp_path / f"m{i}" for i in range(4)], validate=validates, select_metric="val_acc",
+                         best_kind="rb3d", executor=executor)
+    assert [h.best_epoch for h in histories] == [2, 1, 3, 1]
+    for i, h in enumerate(histories):
+        best = checkpoints.load(tmp_path / f"m{i}" / "best.pt", "rb3d")
+        assert best["epoch"] == h.best_epoch - 1 and all(torch.equal(best["model"][k], v) for k, v in h.best_state.items())
+
+
+def test_bad_arguments_name_the_parameter(tmp_path: Path) -> None:
+    with pytest.raises(CryoNBError, match="executor='gpu'"):
+        fit_many(_models(2), _loss, [_batches(0), _batches(1)], _cfg("sgd"), seeds=[0, 1], executor="gpu")
+    with pytest.raises(CryoNBError, match="2 models but 1 seeds"):
+        fit_many(_models(2), _loss, [_batches(0), _batches(1)], _cfg("sgd"), seeds=[0])
+    with pytest.raises(CryoNBError, match="checkpoint_dirs: two models share a folder"):
+        fit_many(_models(2), _loss, [_batches(0), _batches(1)], _cfg("sgd"), seeds=[0, 1], checkpoint_dirs=[tmp_path, tmp_path])
+    with pytest.raises(CryoNBError, match="validate: 3 given for 2 models"):
+        fit_many(_models(2), _loss, [_batches(0), _batches(1)], _cfg("sgd"), seeds=[0, 1], validate=[None] * 3)
