@@ -27,6 +27,7 @@ import copy
 import json
 import math
 import os
+import threading
 import time
 from collections.abc import Callable, Iterable, Iterator, Sequence
 from concurrent.futures import ThreadPoolExecutor
@@ -379,11 +380,11 @@ def fit_many(
     executor : "threads" (default on CPU: models on worker threads, one intra-op thread each; bit-identical
         to training each alone with ``torch.set_num_threads(1)``), "vmap" (default on CUDA: one stacked
         step per group of equal models; equal to training alone up to float rounding), or "auto".
-    workers : worker threads for "threads" (default: ``torch.get_num_threads()``, the package's CPU budget).
+    workers : worker threads for "threads" (default: the cores this process may use, ``os.sched_getaffinity``).
 
-    NOTE: a non-finite loss stops training with an error naming the model; the other models' epochs in
-    flight finish and are saved first (threads). With a time budget (:mod:`cryonb.budget`) training stops
-    after an epoch of every model has been saved.
+    NOTE: a non-finite loss stops training with an error naming the model (threads: the other models' epochs
+    in flight finish and are saved first). With a time budget (:mod:`cryonb.budget`) training stops with
+    ``PartDone`` once every model has saved its epoch in flight; the same call later continues each model.
     """
     n = len(models)
     if n == 0:
@@ -409,11 +410,12 @@ def fit_many(
                        rng=torch.Generator(device=device)) for i, (m, s, f, meta) in enumerate(zip(models, seeds, folders, metas))]
     hooks = _ManyHooks(_per_model(loss_fn, n, "loss_fn"), list(batches_per_model), _per_model(validate, n, "validate"),
                        _per_model(on_step_end, n, "on_step_end"), select_metric, best_kind)
-    epoch_loop = _vmap_epoch if executor == "vmap" else _threads_epoch
-    with _Workers(workers if executor == "threads" else 1, n) as pool:
+    if executor == "threads":
+        with _Workers(workers, n) as pool:
+            _threads_train(runs, hooks, cfg, device, progress, pool)
+    else:
         for epoch in range(min(r.start_epoch for r in runs), cfg.epochs):
-            todo = [i for i, r in enumerate(runs) if r.start_epoch <= epoch]
-            epoch_loop(runs, todo, hooks, epoch, cfg, device, progress, pool)
+            _vmap_epoch(runs, [i for i, r in enumerate(runs) if r.start_epoch <= epoch], hooks, epoch, cfg, device, progress)
             if any(f is not None for f in folders) and epoch + 1 < cfg.epochs and _budget_used(1, device):
                 budget.check(f"epoch {epoch + 1}/{cfg.epochs} of {n} models ({', '.join(str(r.last) for r in runs if r.last)})")
     return [r.history for r in runs]
@@ -448,7 +450,7 @@ class _Workers:
     """
 
     def __init__(self, workers: int | None, n_models: int) -> None:
-        wanted = torch.get_num_threads() if workers is None else int(workers)
+        wanted = _cores() if workers is None else int(workers)
         if wanted < 1:
             raise CryoNBError(f"fit_many workers={workers}: expected ≥ 1")
         self.n = min(wanted, n_models)
@@ -479,6 +481,11 @@ class _Workers:
                 raise err
 
 
+def _cores() -> int:
+    """CPU cores this process may run on."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1
+
+
 @contextlib.contextmanager
 def _intra_threads(n: int) -> Iterator[None]:
     before = torch.get_num_threads()
@@ -489,27 +496,44 @@ def _intra_threads(n: int) -> Iterator[None]:
         torch.set_num_threads(before)
 
 
-def _threads_epoch(runs: list[_Run], todo: list[int], hooks: _ManyHooks, epoch: int, cfg: TrainConfig, device: torch.device,
-                   progress: bool, pool: _Workers) -> None:
-    """One epoch of each model in ``todo``, each on a worker thread, all of :func:`fit`'s epoch included."""
-    bar = tqdm(total=len(todo), desc=f"epoch {epoch + 1}/{cfg.epochs} ({len(todo)} models)", disable=not progress, leave=False)
+def _threads_train(runs: list[_Run], hooks: _ManyHooks, cfg: TrainConfig, device: torch.device, progress: bool, pool: _Workers) -> None:
+    """Every remaining epoch of every model, each model on a worker thread, :func:`fit`'s epoch code for each.
+
+    No barrier between models (a worker that finishes a short model takes the next one). Once a model fails
+    (e.g. a NaN) or the time budget is used, the others stop after their epoch in flight, which is saved;
+    then the first failure, or :class:`cryonb.budget.PartDone`, is raised.
+    """
+    stop = threading.Event()
+    budgeted = any(r.folder is not None for r in runs)
+    bar = tqdm(total=sum(cfg.epochs - r.start_epoch for r in runs), desc=f"{len(runs)} models", unit="epoch", disable=not progress, leave=False)
 
     def one(i: int) -> None:
         run = runs[i]
-        t0 = time.perf_counter()
-        with own_dropout(run.model, run.rng):  # type: ignore[arg-type]
-            sums, n_steps = _train_epoch(run, hooks.loss_fns[i], hooks.batches[i], epoch, cfg, device, hooks.on_step_ends[i], progress=False)
-            _end_epoch(run, epoch, cfg, sums, n_steps, time.perf_counter() - t0, hooks.validates[i], hooks.select_metric, hooks.best_kind, write=True)
-        bar.update(1)
+        try:
+            for epoch in range(run.start_epoch, cfg.epochs):
+                if stop.is_set():
+                    return
+                t0 = time.perf_counter()
+                with own_dropout(run.model, run.rng):  # type: ignore[arg-type]
+                    sums, n_steps = _train_epoch(run, hooks.loss_fns[i], hooks.batches[i], epoch, cfg, device, hooks.on_step_ends[i], progress=False)
+                    _end_epoch(run, epoch, cfg, sums, n_steps, time.perf_counter() - t0, hooks.validates[i], hooks.select_metric, hooks.best_kind, write=True)
+                bar.update(1)
+                if budgeted and epoch + 1 < cfg.epochs and _budget_used(1, device):
+                    stop.set()
+        except BaseException:
+            stop.set()
+            raise
 
     try:
-        pool.map(one, todo)
+        pool.map(one, [i for i, r in enumerate(runs) if r.start_epoch < cfg.epochs])
     finally:
         bar.close()
+    if stop.is_set():
+        budget.check(f"an epoch of each of {len(runs)} models ({', '.join(str(r.last) for r in runs if r.last)})")
 
 
 def _vmap_epoch(runs: list[_Run], todo: list[int], hooks: _ManyHooks, epoch: int, cfg: TrainConfig, device: torch.device,
-                progress: bool, pool: _Workers) -> None:
+                progress: bool) -> None:
     """One epoch of each model in ``todo``, step-synchronous: at each step the models whose architecture,
     loss and batch shapes agree run as one vmapped forward and one backward."""
     t0 = time.perf_counter()
