@@ -34,8 +34,11 @@ CONFIGS = ("before", "passive", "after", "after-many")
 
 def _worker(config: str, steps: int, width: int) -> None:
     """Train in this process; print JSON with the median seconds per model-step."""
+    policy = os.environ.get("OMP_WAIT_POLICY", "")  # what OpenMP reads when torch loads (importing cryonb later sets it for children)
     if config.startswith("after"):
         import cryonb  # noqa: F401  (its thread settings, before torch loads)
+
+        policy = os.environ.get("OMP_WAIT_POLICY", "")
     import torch
     import torch.nn.functional as F
 
@@ -69,7 +72,7 @@ def _worker(config: str, steps: int, width: int) -> None:
                 times.append(time.perf_counter() - t0)
         per_step = statistics.median(times)
     print(json.dumps({"config": config, "threads": torch.get_num_threads(), "s_per_step": per_step,
-                      "wait_policy": os.environ.get("OMP_WAIT_POLICY", "")}))
+                      "wait_policy": policy}))
 
 
 def _env(config: str) -> dict[str, str]:
@@ -117,10 +120,10 @@ def main() -> None:
                         proc.wait()
                 info[config] = result
                 times.setdefault((config, condition), []).append(result["s_per_step"])
-    print(f"{'config':8s} {'threads':>7s} {'wait policy':>12s} {'alone s/step':>13s} {'low-prio ×':>11s} {'normal ×':>9s}")
+    print(f"{'config':10s} {'threads':>7s} {'wait policy':>12s} {'alone s/step':>13s} {'low-prio ×':>11s} {'normal ×':>9s}")
     for config in args.configs:
         med = {c: statistics.median(times[(config, c)]) for c in ("alone", "low", "normal")}
-        print(f"{config:8s} {info[config]['threads']:7d} {info[config]['wait_policy'] or '(default)':>12s} {med['alone']:13.3f} "
+        print(f"{config:10s} {info[config]['threads']:7d} {info[config]['wait_policy'] or '(default)':>12s} {med['alone']:13.3f} "
               f"{med['low'] / med['alone']:11.2f} {med['normal'] / med['alone']:9.2f}")
     print(f"goals: low-priority ≤ 1.5×, normal ≤ 2.5×; load average at start {start_load:.2f}, at end {os.getloadavg()[0]:.2f} "
           "(the benchmark's own worker adds ~1)")
