@@ -122,16 +122,23 @@ def _cfg() -> TrainConfig:
     return TrainConfig(epochs=1, lr=1e-3, optimizer="adam")
 
 
-def sequential_rate(w: Workload) -> float:
-    """samples/s of N ``fit`` calls, one after another (how the quick profile trained before fit_many)."""
-    models = [w.model(i) for i in range(w.n_models)]
-    fit(copy.deepcopy(models[0]), w.loss, w.batches(0), _cfg(), seed=0, device=w.device, progress=False)  # warm-up
-    _sync(w.device)
-    t0 = time.perf_counter()
-    for i, m in enumerate(models):
-        fit(m, w.loss, w.batches(i), _cfg(), seed=i, device=w.device, progress=False)
-    _sync(w.device)
-    return w.n_models * w.steps * w.batch / (time.perf_counter() - t0)
+def sequential_rate(w: Workload, threads: int, channels_last: bool) -> float:
+    """samples/s of N ``fit`` calls, one after another, with ``threads`` intra-op threads and the given layout."""
+    before = torch.get_num_threads()
+    os.environ["CRYONB_CHANNELS_LAST"] = "1" if channels_last else "0"
+    torch.set_num_threads(threads)
+    try:
+        models = [w.model(i) for i in range(w.n_models)]
+        fit(w.model(99), w.loss, w.batches(0), _cfg(), seed=0, device=w.device, progress=False)  # warm-up
+        _sync(w.device)
+        t0 = time.perf_counter()
+        for i, m in enumerate(models):
+            fit(m, w.loss, w.batches(i), _cfg(), seed=i, device=w.device, progress=False)
+        _sync(w.device)
+        return w.n_models * w.steps * w.batch / (time.perf_counter() - t0)
+    finally:
+        torch.set_num_threads(before)
+        os.environ.pop("CRYONB_CHANNELS_LAST", None)
 
 
 def batched_rate(w: Workload, executor: str) -> float:
@@ -242,8 +249,44 @@ def compare_batching(widths: list[int], n_models: int) -> None:
 
             row = [_cpu_ms(fn, n_models) for fn in (alone(False), alone(True), vm, grouped(False), grouped(True))]
             print(f"{width:10d} " + " ".join(f"{v:{w}.0f}" for v, w in zip(row, (7, 9, 7, 8, 11))))
+        _compare_cosnet(n_models)
     finally:
         torch.set_num_threads(before)
+
+
+def _compare_cosnet(n_models: int, width: int = 4) -> None:
+    """COS-Net base 4 (5-way pairs): one model at a time vs vmap, CPU ms per model-step (no hand-written grouped COS-Net)."""
+    from torch.func import functional_call, stack_module_state, vmap
+
+    w = Workload("cosnet", width, n_models, 1, torch.device("cpu"))
+    models = [w.model(i) for i in range(n_models)]
+    batches = [w.data[i][0] for i in range(n_models)]
+
+    def alone(cl: bool) -> Callable[[], None]:
+        ms = [m.to(memory_format=torch.channels_last_3d) if cl else m for m in copy.deepcopy(models)]
+        return lambda: [w.loss(m, batches[i])["loss"].backward() for i, m in enumerate(ms)]  # type: ignore[func-returns-value]
+
+    params, buffers = stack_module_state(models)
+    base = copy.deepcopy(models[0]).to("meta")
+    x = torch.stack([b[0] for b in batches])
+    masks = torch.stack([b[1] for b in batches])
+
+    class Wrap(nn.Module):
+        def __init__(self) -> None:
+            super().__init__()
+            self.inner = base
+
+        def forward(self, xi: torch.Tensor, mi: torch.Tensor) -> torch.Tensor:
+            return w.loss(self.inner, (xi, mi))["loss"]
+
+    wrap = Wrap()
+
+    def vm() -> None:
+        f = lambda p, b, xi, mi: functional_call(wrap, ({f"inner.{k}": v for k, v in p.items()}, {f"inner.{k}": v for k, v in b.items()}), (xi, mi))  # noqa: E731
+        vmap(f)(params, buffers, x, masks).sum().backward()
+
+    row = [_cpu_ms(fn, n_models) for fn in (alone(False), alone(True), vm)]
+    print(f"{'COS-Net ' + str(width):>10s} " + " ".join(f"{v:{k}.0f}" for v, k in zip(row, (7, 9, 7))) + "      (no grouped version)")
 
 
 def _cpu_ms(fn: Callable[[], None], n_models: int, repeats: int = 3) -> float:
@@ -306,29 +349,38 @@ def main() -> None:
     args = parser.parse_args()
     cpu = torch.device("cpu")
     load0 = os.getloadavg()[0]
+    torch.set_num_threads(len(os.sched_getaffinity(0)))  # the reference: matmul on every core (what fit_many's workers share)
     peak = matmul_flops(cpu)
-    print(f"cpu threads {torch.get_num_threads()}, OpenMP wait {os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {load0:.2f}; "
-          f"matmul reference {peak / 1e9:.1f} GFLOP/s")
-    print(f"{args.models} models × {args.steps} steps each; samples/s of all models together")
-    print(f"{'model':16s} {'sequential':>11s} {'fit_many':>9s} {'ratio':>6s} {'FLOP frac':>9s}" + ("" if args.no_vmap else f" {'vmap':>7s} {'ratio':>6s}"))
+    torch.set_num_threads(1)
+    print(f"cores {len(os.sched_getaffinity(0))}, OpenMP wait {os.environ.get('OMP_WAIT_POLICY', 'default')}, load average {load0:.2f}; "
+          f"matmul reference (all cores) {peak / 1e9:.1f} GFLOP/s")
+    cores = len(os.sched_getaffinity(0))
+    print(f"{args.models} models × {args.steps} steps each; samples/s of all models together. sequential: N fit calls, before = "
+          f"{cores} threads + contiguous layout (torch's defaults), now = 1 thread + channels_last_3d (cryonb's); fit_many: "
+          f"threads executor, {cores} workers × 1 thread")
+    print(f"{'model':16s} {'seq before':>10s} {'seq now':>8s} {'fit_many':>9s} {'×before':>7s} {'×now':>5s} {'FLOP frac':>9s}"
+          + ("" if args.no_vmap else f" {'vmap':>7s} {'×before':>7s}"))
     workloads = [Workload("rb3d", w, args.models, args.steps, cpu) for w in args.widths]
     if args.cosnet_width:
         workloads.append(Workload("cosnet", args.cosnet_width, args.models, args.steps, cpu))
     rates = {}
     for w in workloads:
-        seq = sequential_rate(w)
+        seq_before = sequential_rate(w, cores, channels_last=False)
+        seq_now = sequential_rate(w, 1, channels_last=True)
         many = batched_rate(w, "threads")
         frac = many / w.batch * w.flops_per_step() / peak
         rates[w.name] = many
-        line = f"{w.name:16s} {seq:11.1f} {many:9.1f} {many / seq:6.2f} {frac:9.2f}"
+        line = (f"{w.name:16s} {seq_before:10.1f} {seq_now:8.1f} {many:9.1f} {many / seq_before:7.2f} {many / seq_now:5.2f} {frac:9.2f}")
         if not args.no_vmap:
             vm = batched_rate(w, "vmap")
-            line += f" {vm:7.1f} {vm / seq:6.2f}"
+            line += f" {vm:7.1f} {vm / seq_before:7.2f}"
         print(line, flush=True)
     print("goals: fit_many ≥ 3× sequential, ≥ 0.3 of matmul FLOP/s")
     loader = loader_rate()
     ref = rates.get("RB3D width  8", max(rates.values()))
-    print(f"loader (mmap + two augmented views, one thread): {loader:7.1f} samples/s = {loader / ref:5.1f}x the batched width-8 rate (goal ≥ 10x)")
+    # each worker thread draws its own model's batches, so one thread's loader feeds one worker's share of the rate
+    print(f"loader (mmap + two augmented views, one thread): {loader:7.1f} samples/s = {loader / (ref / cores):5.1f}x a worker's share of "
+          f"the batched width-8 rate ({loader / ref:4.1f}x the whole rate; goal ≥ 10x)")
     variants = step_variants(8, max(args.steps, 3), args.compile)
     base = variants["oneDNN (NCDHW)"]
     print("one RB3D width-8 step on CPU: " + ", ".join(f"{k} {v * 1000:.0f} ms ({base / v:.2f}x)" for k, v in variants.items()))
@@ -341,9 +393,7 @@ def main() -> None:
         for width in args.widths:
             for amp in (False, True):
                 w = Workload("rb3d", width, args.models, args.steps * 4, gpu)
-                cfg_amp = _cfg if amp else (lambda: TrainConfig(epochs=1, lr=1e-3, optimizer="adam", amp=False))
-                global _cfg_current
-                seq, many = _gpu_rates(w, cfg_amp())
+                seq, many = _gpu_rates(w, TrainConfig(epochs=1, lr=1e-3, optimizer="adam", amp=amp))
                 print(f"GPU RB3D width {width:2d} amp={amp!s:5}: sequential {seq:8.1f}, vmap {many:8.1f} samples/s ({many / seq:5.2f}x)")
     print(f"load average at end {os.getloadavg()[0]:.2f}")
 

@@ -31,7 +31,7 @@ from cryonb.train import TrainConfig, fit, fit_many
 pytestmark = pytest.mark.usefixtures("one_torch_thread")
 
 MODEL = RB3DConfig(n_classes=3, width=4, embedding_dim=8, pool_size=2)  # dropout 0.5 and BatchNorm: both per model
-SIZES = (12, 12, 9, 7)  # unequal data: models run out of batches at different steps, last batches differ in size
+SIZES = (8, 7, 6, 9)  # unequal data: models run out of batches at different steps, last batches differ in size
 TOL = 1e-6
 
 
@@ -91,7 +91,7 @@ def _max_diff(a: nn.Module, b: nn.Module) -> float:
     return max(float((p.float() - q.float()).abs().max()) for p, q in zip(a.state_dict().values(), b.state_dict().values()))
 
 
-@pytest.mark.parametrize("optimizer", ["adam", "sgd"])
+@pytest.mark.parametrize("optimizer", ["adam"])
 def test_threads_equal_one_at_a_time_bit_for_bit(optimizer: str) -> None:
     alone = _alone(_cfg(optimizer))
     together, _ = _together(_cfg(optimizer), "threads", workers=2)
@@ -126,20 +126,20 @@ def test_files_are_those_of_a_model_trained_alone(tmp_path: Path, executor: str)
 
 @pytest.mark.parametrize("executor", ["threads", "vmap"])
 def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path: Path, executor: str) -> None:
-    straight, _ = _together(_cfg("sgd", epochs=3), executor, tmp_path / "a")
+    straight, _ = _together(_cfg("sgd", epochs=2), executor, tmp_path / "a")
     calls = iter(range(1000))
 
     def kill(m: nn.Module, b: object, o: object) -> None:
-        if next(calls) == 20:  # of 33 steps in all (3 + 3 + 3 + 2 per epoch)
+        if next(calls) == 12:  # of 18 steps in all (2 + 2 + 2 + 3 per epoch)
             raise KeyboardInterrupt
 
     with pytest.raises(KeyboardInterrupt):
-        _together(_cfg("sgd", epochs=3), executor, tmp_path / "b", on_step_end=kill)
+        _together(_cfg("sgd", epochs=2), executor, tmp_path / "b", on_step_end=kill)
     last = [tmp_path / "b" / f"m{i}" / "last.pt" for i in range(4)]
-    assert min(checkpoints.load_state(p)["epoch"] if p.is_file() else -1 for p in last) < 2  # killed before every model was done
-    resumed, histories = _together(_cfg("sgd", epochs=3), executor, tmp_path / "b")  # a new process: fresh weights, last.pt found
+    assert min(checkpoints.load_state(p)["epoch"] if p.is_file() else -1 for p in last) < 1  # killed before every model was done
+    resumed, histories = _together(_cfg("sgd", epochs=2), executor, tmp_path / "b")  # a new process: fresh weights, last.pt found
     assert all(_max_diff(a, b) == 0 for a, b in zip(straight, resumed))
-    assert all([e["epoch"] for e in h.epochs] == [1, 2, 3] for h in histories)
+    assert all([e["epoch"] for e in h.epochs] == [1, 2] for h in histories)
 
 
 @pytest.mark.parametrize("executor", ["threads", "vmap"])
@@ -239,16 +239,33 @@ def test_pretrain_many_equals_pretrain(tmp_path: Path, executor: str, monkeypatc
     assert _max_diff(together[0][0], together[2][0]) > 1e-3  # same method, other seed: another model
 
 
+def _cosnet_toy(box: int = 16):  # noqa: ANN202
+    """test_oneshot's toy at 16³: cubes of a class-dependent size in noise, the cubes as masks; class 3 unseen."""
+    from types import SimpleNamespace
+
+    import numpy as np
+    import pandas as pd
+
+    rng = np.random.default_rng(0)
+    labels = np.repeat(np.arange(4), 3)
+    masks = np.zeros((12, box, box, box), np.uint8)
+    for k, c in enumerate(labels):
+        h, m = 2 + c, box // 2
+        masks[k, m - h : m + h, m - h : m + h, m - h : m + h] = 1
+    volumes = (masks + 0.3 * rng.standard_normal(masks.shape)).astype(np.float32)
+    meta = pd.DataFrame({"class_id": labels, "class_split": np.where(labels < 3, "seen", "unseen")})
+    return SimpleNamespace(volumes=volumes, masks=masks, meta=meta, indices=lambda class_split: np.flatnonzero(meta["class_split"] == class_split))
+
+
 @pytest.mark.parametrize("executor", ["threads", "vmap"])
 def test_train_cosnet_many_equals_train_cosnet(executor: str, monkeypatch: pytest.MonkeyPatch) -> None:
     if executor == "vmap":
         monkeypatch.setenv("CRYONB_CHANNELS_LAST", "0")  # both sides in one layout (module docstring)
     from test_oneshot import CFG as COSNET_CFG
-    from test_oneshot import _toy
 
     from cryonb.oneshot import COSNetJob, train_cosnet, train_cosnet_many
 
-    t = _toy()
+    t = _cosnet_toy()
     labels, pool = t.meta["class_id"].to_numpy(), t.indices(class_split="seen")
     CFG = COSNET_CFG
     if executor == "vmap":  # Adam would amplify rounding in biases with zero true gradient (module docstring)
