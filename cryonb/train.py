@@ -470,7 +470,7 @@ class _ManyHooks:
     best_kind: str | None
     stackers: dict[tuple, StackedStep] = field(default_factory=dict)  # vmap: one per (architecture, loss)
 
-    def stacker(self, i: int, model: nn.Module) -> tuple[tuple, StackedStep | None]:
+    def stacker(self, i: int, model: nn.Module) -> tuple[tuple, StackedStep]:
         """The vmap grouping key of model ``i`` and, built on first use, its StackedStep."""
         key = _architecture_key(model) + (id(self.loss_fns[i]),)
         if key not in self.stackers:
@@ -563,6 +563,9 @@ def _threads_train(runs: list[_Run], hooks: _ManyHooks, cfg: TrainConfig, device
 
     try:
         pool.map(one, [i for i, r in enumerate(runs) if r.start_epoch < cfg.epochs])
+    except BaseException:  # e.g. Ctrl-C in the main thread: the workers stop after saving their epoch in flight
+        stop.set()
+        raise
     finally:
         bar.close()
     if stop.is_set():
