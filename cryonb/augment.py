@@ -128,10 +128,13 @@ def resample(volumes: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
     z_in = z_in.clamp(0, d - 1)  # (n, d)
     z0 = z_in.floor().long().clamp(max=d - 1)
     z1 = (z0 + 1).clamp(max=d - 1)
-    weight = (z_in - z0)[:, None, :, None, None]
-    at = lambda z: torch.gather(volumes, 2, z[:, None, :, None, None].expand(n, c, d, h, w))  # noqa: E731
-    lower = at(z0)
-    planes = torch.lerp(lower, at(z1), weight).reshape(n, c * d, h, w)  # z-slices as channels
+    frac = z_in - z0
+    # linear interpolation along z as one (d × d) matrix per sample with two weights per row: a batched matmul
+    # reads each volume once (indexing the two neighbour planes and blending them took 3 passes and 2× longer)
+    mix = torch.zeros(n, d, d, dtype=volumes.dtype, device=volumes.device)
+    mix.scatter_add_(2, z0[:, :, None], (1 - frac)[:, :, None].to(volumes.dtype))
+    mix.scatter_add_(2, z1[:, :, None], frac[:, :, None].to(volumes.dtype))
+    planes = torch.bmm(mix.repeat_interleave(c, 0), volumes.reshape(n * c, d, h * w)).view(n, c * d, h, w)  # z-slices as channels
     grid = F.affine_grid(theta[:, :2][:, :, [0, 1, 3]], [n, c * d, h, w], align_corners=False)
     return F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False).reshape(n, c, d, h, w)
 
