@@ -4,9 +4,10 @@ Reference: torchio's RandomAffine (p = 0.5, the paper's ranges) after a random r
 with torchio's Crop + Resize, one sample at a time, as a user would write it. Target: ≥ 5× at batch 64 on CPU.
 Also the previous cryonb path (one 3-D ``grid_sample`` for the batch), to show what the separable resampling
 (:func:`cryonb.augment.resample`: z, then one 2-D ``grid_sample`` of all slices) gains.
-Measured (2-core CPU, other users' load average ~3, torch at cryonb's one thread, torchio/ITK at its defaults):
-separable 2,390 vs 3-D grid_sample 480 samples/s on one thread (5.0×); against torchio 8.7× (633 vs 73
-samples/s, torch at 2 threads, load 3.0). Numbers move with the load; the ratios are what the run prints.
+Measured (2-core CPU, other users' load average 1.0–2.5, torch at cryonb's one thread, torchio/ITK at its defaults):
+cryonb 1,124–3,121 samples/s, the previous 3-D grid_sample path 417–815 (1.7–5.3×), torchio 264–282; ratio to
+torchio 4.0× (before the batched-matmul z step), 7.95× and 11.8× (after). Numbers move with the load; the ratios
+the run prints are what counts.
 Run: python benchmarks/bench_augment.py [--batch 64] [--repeats 3]
 """
 

@@ -15,21 +15,24 @@ augmentation stream, dropout stream, optimiser state, schedule, best checkpoint,
   BatchNorm's batched running statistics become per-model channels), and one backward covers the group.
   Kernel launches per step no longer grow with N, which is what a launch-bound batch-16 step on a GPU needs.
 
-Why threads on CPU: measured on this project's 2-core CPU (torch 2.13, oneDNN 3.12, one intra-op thread,
-CPU seconds per model-step of RB3D fwd+bwd, batch 16, 32³, 8 models; ``benchmarks/bench_train.py``
-``--compare-batching`` prints the same table)::
+Why threads on CPU: measured on this project's 2-core CPU (torch 2.13, oneDNN 3.12), CPU milliseconds per
+model-step (fwd + bwd, one intra-op thread, 8 models, batch 16, 32³; ``benchmarks/bench_train.py
+--compare-batching``, load average 1–2)::
 
-    RB3D width            4      8     16
-    one model at a time   187    307    591   ms   (channels_last_3d: 153 / 249 / 437)
-    vmap (groups=N)       258    467    706   ms
-    hand-written groups   249    446    629   ms   (channels_last_3d: 167 / 353 / 565)
+    RB3D width / COS-Net base         4      8     16   COS-Net 4
+    one model at a time             175    277    517     548
+      in channels_last_3d           160    216    398     452
+    vmap (groups=N kernels)         236    411    708    1101
+    hand-written channel groups     217    386    624       –
+      in channels_last_3d           152    278    540       –
 
-oneDNN's grouped 3-D convolutions are slower per group than the same small convolution run alone (its
+oneDNN's grouped 3-D convolutions are no faster per group than the same small convolution run alone (its
 grouped kernels loop over groups with the same tiny per-group channel counts, plus layout copies), so on CPU
-batching into one kernel buys nothing; running models side by side on separate cores does. vmap and the
-hand-written channel-grouped network cost the same (both end in the same grouped kernels); vmap is kept
+stacking models into one kernel buys nothing (the one exception, width 4 in channels-last, is 5 % and
+not at the quick profile's width 8); running models side by side on separate cores does, and needs no
+OpenMP barrier between them. vmap and the hand-written grouped network end in the same kernels; vmap is kept
 because it batches any model (RB3D, COS-Net, the SSL wrappers) without a second implementation of each.
-The GPU path is coded device-agnostically and tested on CPU; its speed is unmeasured here (no GPU).
+The vmap path is coded device-agnostically and tested on CPU; its GPU speed is unmeasured (no GPU here).
 """
 
 from __future__ import annotations

@@ -4,10 +4,16 @@ Threads on a shared CPU: torch's CPU kernels, MKL and oneDNN run on GNU OpenMP (
 torch). One training step runs thousands of small parallel regions, each ending at a barrier where every thread
 waits for the slowest. By default libgomp's idle threads also *spin* (busy-wait) before sleeping. Beside any
 other runnable process on a 2-core machine, one of the two threads is often descheduled, and every barrier
-waits a scheduler slice for it while its partner spins: measured (``benchmarks/bench_shared_cpu.py``, RB3D
-width 8, batch 16) with other users' jobs on the machine, 2 threads took 0.9–8.4 s per step (median 1.6 s),
-``OMP_WAIT_POLICY=PASSIVE`` alone 0.6–2.5 s (sleeping threads are slow to wake on a busy machine), one thread
-0.35–0.40 s; idle, 2 threads are only ~1.3× faster than one.
+waits a scheduler slice for it while its partner spins. Measured (``benchmarks/bench_shared_cpu.py``, RB3D width 8,
+batch 16, seconds per step alone and the slowdown beside one competing busy process, low priority / normal; load
+average 1.0–2.1 from other users)::
+
+    2 threads, default wait (torch as it comes)    0.188 s   1.15×   3.63×
+    2 threads, OMP_WAIT_POLICY=PASSIVE             0.284 s   1.52×   2.67×
+    1 thread, passive (cryonb)                     0.344 s   1.01×   1.08×
+    2 models × 1 thread (fit_many), per model      0.149 s   1.04×   1.64×
+
+With more of other users' load (1.9–3.5), 2 threads took 0.9–8.4 s per step and one thread 0.35–0.40 s.
 
 So cryonb runs **one intra-op thread per process** and gets parallelism from independent models instead
 (:func:`cryonb.train.fit_many`: one model per core, no barriers between them), with idle threads sleeping
