@@ -188,7 +188,7 @@ def pretrain_many(jobs: Sequence[PretrainJob], cfg: PretrainConfig, *, device: t
             raise CryoNBError(f"unknown CSSL method {j.method!r}; expected one of {', '.join(METHODS)}")
     resolved = executor if executor != "auto" else ("vmap" if pick_device(str(device)).type == "cuda" else "threads")
     if resolved == "vmap" and executor == "vmap" and any(j.method not in _VMAPPABLE for j in jobs):
-        raise CryoNBError(f"pretrain_many executor='vmap': SwAV does not batch under vmap; use executor='auto' (SwAV on threads) or 'threads'")
+        raise CryoNBError("pretrain_many executor='vmap': SwAV does not batch under vmap; use executor='auto' (SwAV on threads) or 'threads'")
     prepared = [_prepare(j.method, j.ds, cfg, j.seed) for j in jobs]
     parts = [[k for k, j in enumerate(jobs) if (j.method in _VMAPPABLE) == vm] for vm in (True, False)] if resolved == "vmap" else [list(range(len(jobs)))]
     histories: dict[int, History] = {}

@@ -228,7 +228,7 @@ def _memory_format(model: nn.Module, device: torch.device) -> torch.memory_forma
     Why: oneDNN's 3-D convolutions with few channels run faster on channels-last (NDHWC) data, which needs no
     reorder into its blocked layout. Measured on this project's CPU (one thread, fwd + bwd + Adam): RB3D width 4
     1.18×, width 8 1.24–1.29×, width 16 1.35×; COS-Net base 4 1.36× (decoder) / 1.50× (without). Alternatives
-    measured in the same runs (``benchmarks/bench_train.py --compile``): oneDNN off (slow_conv3d) 0.26×;
+    measured in the same runs (``benchmarks/bench_train.py --compile``): oneDNN off (slow_conv3d) 0.26–0.45×;
     ``torch.compile`` 1.04× after a 39 s compilation, not worth it for runs of minutes. NOTE: results differ
     from contiguous training by float rounding, somewhat more than usual: torch's channels-last BatchNorm
     kernel accumulates less precisely (measured: forward error 5e-5 against float64, 4e-7 contiguous; gradient

@@ -143,6 +143,23 @@ def test_resume_after_a_kill_equals_an_uninterrupted_run(tmp_path: Path, executo
 
 
 @pytest.mark.parametrize("executor", ["threads", "vmap"])
+def test_a_used_time_budget_stops_after_saved_epochs_and_the_same_call_continues(tmp_path: Path, executor: str,
+                                                                                 monkeypatch: pytest.MonkeyPatch) -> None:
+    import time
+
+    from cryonb import budget
+
+    straight, _ = _together(_cfg("sgd"), executor, tmp_path / "a")
+    monkeypatch.setenv(budget.DEADLINE_ENV, repr(time.time() - 1))  # already used: stop at the first saved epoch
+    with pytest.raises(budget.PartDone, match="time budget used up"):
+        _together(_cfg("sgd"), executor, tmp_path / "b", workers=2)
+    assert {checkpoints.load_state(p)["epoch"] for p in (tmp_path / "b").glob("m*/last.pt")} == {0}
+    monkeypatch.delenv(budget.DEADLINE_ENV)
+    resumed, histories = _together(_cfg("sgd"), executor, tmp_path / "b", workers=2)
+    assert all(_max_diff(a, b) == 0 for a, b in zip(straight, resumed)) and all(len(h.epochs) == 2 for h in histories)
+
+
+@pytest.mark.parametrize("executor", ["threads", "vmap"])
 def test_a_nan_names_its_model_and_the_others_keep_their_checkpoints(tmp_path: Path, executor: str) -> None:
     def poisoned(epoch: int, g: torch.Generator):  # noqa: ANN202
         for x, y in _batches(2)(epoch, g):
@@ -190,7 +207,7 @@ def _state_equal(a: nn.Module, b: nn.Module, tol: float = 0.0) -> bool:
 def test_finetune_runs_equal_finetune_run(tmp_path: Path) -> None:
     from test_finetune import CFG, TinyDataset
 
-    from cryonb.finetune import FinetuneJob, finetune_run, finetune_runs, load_finetuned
+    from cryonb.finetune import FinetuneJob, finetune_run, finetune_runs
 
     ds = TinyDataset()
     jobs = [FinetuneJob(ds, fraction, seed, tmp_path / "b" / f"{fraction}-{seed}", meta={"init": "random"}) for fraction, seed in [(0.5, 0), (1.0, 1), (1.0, 2)]]
