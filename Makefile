@@ -7,6 +7,9 @@
 # saved state and exits 3 ("part done"); the same command continues. Repeat until it exits 0.
 
 PYTHON      ?= python3
+# OpenMP threads sleep when idle instead of spinning: set before torch loads (see cryonb/device.py); for
+# notebooks opened in `make lab`, whose kernels may import torch before cryonb
+export OMP_WAIT_POLICY ?= PASSIVE
 VENV        ?= .venv
 PROFILE     ?= quick
 # torch goes in first and pinned: an unpinned torch pulled in by another package is a multi-GB CUDA build.

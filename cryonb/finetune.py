@@ -2,7 +2,7 @@
 the resumable sweep SNR × initialisation × label fraction × run → one CSV row per run.
 
 Public surface: :class:`FinetuneConfig`, :class:`SweepConfig`, :data:`RUN_COLUMNS`, :func:`finetune_run`,
-:func:`sweep`, :func:`run_dir`, :func:`load_finetuned`, :func:`load_predictions`, :func:`accuracy_table`.
+:class:`FinetuneJob`, :func:`finetune_runs` (several runs trained together), :func:`sweep`, :func:`run_dir`, :func:`load_finetuned`, :func:`load_predictions`, :func:`accuracy_table`.
 
 Each run fine-tunes RB3D (``cryonb.models.rb3d``) from an encoder checkpoint (MoCo / SimCLR / SwAV from
 ``cryonb.pretrain``) or from random weights on a class-stratified subset of the training split
@@ -38,14 +38,16 @@ from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.io import save_npy_atomic, write_text_atomic
 from cryonb.models.rb3d import RB3D, RB3DConfig
 from cryonb.simulate.config import snr_label
-from cryonb.train import TrainConfig, fit, recalibrate_batchnorm
+from cryonb.train import History, TrainConfig, fit, fit_many, recalibrate_batchnorm
 
 __all__ = [
     "FinetuneConfig",
     "SweepConfig",
     "RUN_COLUMNS",
     "INITS",
+    "FinetuneJob",
     "finetune_run",
+    "finetune_runs",
     "sweep",
     "run_dir",
     "load_finetuned",
@@ -176,21 +178,47 @@ def _capped(index: np.ndarray, labels: np.ndarray, cap: int | None, seed: int) -
     return index[stratified_subset(labels[index], cap / len(index), seed + 999_983)]
 
 
-def finetune_run(ds: Dataset, cfg: FinetuneConfig, *, fraction: float, seed: int, base_seed: int, folder: Path,
-                 encoder: Path | None = None, device: torch.device | str = "cpu", meta: dict[str, Any] | None = None) -> dict[str, Any]:
-    """Fine-tune one model and score it; returns ``seed, n_train, best_epoch, val_acc, test_acc, wall_s``.
+@dataclass(frozen=True)
+class FinetuneJob:
+    """One run of :func:`finetune_runs`: what :func:`finetune_run` takes besides the shared config and seeds.
 
-    ds : data set with (N, z, y, x) volumes and train / val / test splits. encoder : pre-trained encoder
-    checkpoint (``rb3d-encoder``), None for random initialisation. seed : this run's (subset, head, batch
-    order); base_seed : the sweep's, which fixes the caps shared by every run. The best-validation weights go
-    to ``folder/best.pt`` (with ``meta``) and the test predictions to ``folder/test_pred.npy``.
+    ds : the run's data set (runs at different SNRs can train together). encoder : pre-trained encoder
+    checkpoint, None for random initialisation. folder : its checkpoints, ``best.pt`` and ``test_pred.npy``.
     """
-    t0 = time.perf_counter()
+
+    ds: Dataset
+    fraction: float
+    seed: int
+    folder: Path
+    encoder: Path | None = None
+    meta: dict[str, Any] | None = None
+
+
+@dataclass
+class _Prepared:
+    """A run ready for :func:`cryonb.train.fit`: model, batches, validation, and what scoring needs."""
+
+    model: RB3D
+    batches: Callable[[int, torch.Generator], Any]
+    validate: Callable[[nn.Module], dict[str, float]]
+    best_meta: dict[str, Any]
+    n_train: int
+    test: np.ndarray
+    labels: np.ndarray
+    volumes: np.ndarray
+
+
+def _loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    x, y = batch
+    return {"loss": nn.functional.cross_entropy(net(x), y)}
+
+
+def _prepare(ds: Dataset, cfg: FinetuneConfig, fraction: float, seed: int, base_seed: int, encoder: Path | None,
+             meta: dict[str, Any] | None) -> _Prepared:
     labels = ds.meta["class_id"].to_numpy()
     train_all = _capped(ds.indices("train"), labels, cfg.max_train, base_seed)
     val = _capped(ds.indices("val"), labels, cfg.max_val, base_seed)
     train = train_all[stratified_subset(labels[train_all], fraction, seed)]
-    test = ds.indices("test")
     x_tr, y_tr = to_tensor(ds.volumes, train), torch.as_tensor(labels[train])
     x_va, y_va = to_tensor(ds.volumes, val), labels[val]
     model = _build(replace(cfg.model, n_classes=len(ds.classes)), seed, encoder)
@@ -198,10 +226,6 @@ def finetune_run(ds: Dataset, cfg: FinetuneConfig, *, fraction: float, seed: int
     def batches(epoch: int, generator: torch.Generator):  # type: ignore[no-untyped-def]
         for idx in iterate_batches(len(x_tr), cfg.batch_size, generator):
             yield x_tr[idx], y_tr[idx]
-
-    def loss_fn(net: nn.Module, batch: tuple[torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
-        x, y = batch
-        return {"loss": nn.functional.cross_entropy(net(x), y)}
 
     def validate(net: nn.Module) -> dict[str, float]:
         dev = next(iter(net.parameters())).device
@@ -212,15 +236,55 @@ def finetune_run(ds: Dataset, cfg: FinetuneConfig, *, fraction: float, seed: int
     best_meta = {"class_names": list(ds.classes), "box": int(ds.volumes.shape[1]), "voxel_size_a": _voxel_size(ds),
                  "polarity": getattr(ds, "polarity", None),
                  "seeds": {"run": seed, "sweep": base_seed}, "seed": seed, "fraction": fraction, **(meta or {})}
-    history = fit(model, loss_fn, batches, cfg.train, seed=seed, device=device, checkpoint_dir=folder, progress=False,
-                  validate=validate, select_metric="val_acc", best_kind="rb3d", best_meta=best_meta)
+    return _Prepared(model, batches, validate, best_meta, len(train), ds.indices("test"), labels, ds.volumes)
+
+
+def _score(run: _Prepared, history: History, folder: Path, seed: int, wall_s: float) -> dict[str, Any]:
+    """Test-set predictions of the best-validation weights (written to ``folder/test_pred.npy``) and the result row."""
     assert history.best_state is not None
+    model = run.model
     model.load_state_dict(history.best_state)
     dev = next(iter(model.parameters())).device
-    pred = _predict(model, to_tensor(ds.volumes, test), dev)
-    save_npy_atomic(folder / "test_pred.npy", np.stack([test, labels[test], pred]))
-    return {"seed": seed, "n_train": len(train), "best_epoch": history.best_epoch, "val_acc": history.best_value,
-            "test_acc": float(np.mean(pred == labels[test])), "wall_s": time.perf_counter() - t0}
+    pred = _predict(model, to_tensor(run.volumes, run.test), dev)
+    save_npy_atomic(Path(folder) / "test_pred.npy", np.stack([run.test, run.labels[run.test], pred]))
+    return {"seed": seed, "n_train": run.n_train, "best_epoch": history.best_epoch, "val_acc": history.best_value,
+            "test_acc": float(np.mean(pred == run.labels[run.test])), "wall_s": wall_s}
+
+
+def finetune_run(ds: Dataset, cfg: FinetuneConfig, *, fraction: float, seed: int, base_seed: int, folder: Path,
+                 encoder: Path | None = None, device: torch.device | str = "cpu", meta: dict[str, Any] | None = None) -> dict[str, Any]:
+    """Fine-tune one model and score it; returns ``seed, n_train, best_epoch, val_acc, test_acc, wall_s``.
+
+    ds : data set with (N, z, y, x) volumes and train / val / test splits. encoder : pre-trained encoder
+    checkpoint (``rb3d-encoder``), None for random initialisation. seed : this run's (subset, head, batch
+    order); base_seed : the sweep's, which fixes the caps shared by every run. The best-validation weights go
+    to ``folder/best.pt`` (with ``meta``) and the test predictions to ``folder/test_pred.npy``.
+    """
+    t0 = time.perf_counter()
+    run = _prepare(ds, cfg, fraction, seed, base_seed, encoder, meta)
+    history = fit(run.model, _loss_fn, run.batches, cfg.train, seed=seed, device=device, checkpoint_dir=folder, progress=False,
+                  validate=run.validate, select_metric="val_acc", best_kind="rb3d", best_meta=run.best_meta)
+    return _score(run, history, folder, seed, time.perf_counter() - t0)
+
+
+def finetune_runs(jobs: Sequence[FinetuneJob], cfg: FinetuneConfig, *, base_seed: int, device: torch.device | str = "cpu",
+                  executor: str = "auto", workers: int | None = None, progress: bool = False) -> list[dict[str, Any]]:
+    """Fine-tune several runs together (:func:`cryonb.train.fit_many`); one result row per job, in order.
+
+    Each run is the run :func:`finetune_run` makes from the same arguments (its subset, initialisation, batch
+    order, dropout, best epoch, files), only trained beside the others: with ``executor="threads"`` (CPU
+    default) bit for bit the model ``finetune_run`` trains with one torch thread. ``wall_s`` of each row is
+    the batch's time divided by the number of runs. executor, workers : see :func:`cryonb.train.fit_many`.
+    """
+    if not jobs:
+        return []
+    t0 = time.perf_counter()
+    runs = [_prepare(j.ds, cfg, j.fraction, j.seed, base_seed, j.encoder, j.meta) for j in jobs]
+    histories = fit_many([r.model for r in runs], _loss_fn, [r.batches for r in runs], cfg.train, seeds=[j.seed for j in jobs], device=device,
+                         checkpoint_dirs=[j.folder for j in jobs], progress=progress, validate=[r.validate for r in runs],
+                         select_metric="val_acc", best_kind="rb3d", best_meta=[r.best_meta for r in runs], executor=executor, workers=workers)
+    share = (time.perf_counter() - t0) / len(jobs)
+    return [_score(r, h, j.folder, j.seed, share) for r, h, j in zip(runs, histories, jobs)]
 
 
 def _key(row: Any) -> tuple[str, str, str, int]:
@@ -229,14 +293,18 @@ def _key(row: Any) -> tuple[str, str, str, int]:
 
 def sweep(datasets: dict[float, Dataset], encoder_for: Callable[[float, str, int], Path | None], cfg: FinetuneConfig, cells: SweepConfig,
           folder: str | Path, *, seed: int, device: torch.device | str = "cpu", max_runs: int | None = None,
-          progress: bool = True) -> pd.DataFrame:
+          progress: bool = True, runs_per_batch: int = 1, executor: str = "auto") -> pd.DataFrame:
     """Run every (snr, init, fraction, run) of ``cells`` not yet in ``folder/runs.csv``; return the table.
 
     datasets: SNR → data set. encoder_for(snr, init, index): checkpoint of encoder ``index`` (None for 'random');
     called only for runs still to do, so finished sweeps need no pre-training. Run r uses seed ``seed + r`` and
     encoder ``r mod cells.encoders``. max_runs: stop after this many new runs (a budget, or a simulated
     interruption in tests). Rows are sorted by (snr, init order, fraction, run).
+    runs_per_batch: train this many runs together (:func:`finetune_runs`, ``executor`` as there); 1 trains
+    one at a time with :func:`finetune_run`. The table gains a batch's rows when the batch is done.
     """
+    if int(runs_per_batch) < 1:
+        raise CryoNBError(f"sweep runs_per_batch={runs_per_batch}: expected an integer ≥ 1")
     folder = Path(folder)
     table_path = folder / "runs.csv"
     table = pd.read_csv(table_path) if table_path.is_file() else pd.DataFrame(columns=list(RUN_COLUMNS))
@@ -245,19 +313,36 @@ def sweep(datasets: dict[float, Dataset], encoder_for: Callable[[float, str, int
             if _key({"snr": s, "init": i, "fraction": f, "run": r}) not in done]
     write_text_atomic(folder / "config.json", json.dumps({"finetune": asdict(cfg), "seed": seed}, indent=2, default=str))
     encoders: dict[tuple[float, str, int], Path | None] = {}
-    for n, (snr, init, frac, r) in enumerate(tqdm(todo, desc="fine-tuning runs", disable=not progress)):
-        if max_runs is not None and n >= max_runs:
-            break
-        index = r % cells.encoders
+
+    def encoder(snr: float, init: str, run: int) -> Path | None:
+        index = run % cells.encoders
         if (snr, init, index) not in encoders:
             encoders[(snr, init, index)] = None if init == "random" else encoder_for(snr, init, index)
-        result = finetune_run(datasets[snr], cfg, fraction=frac, seed=seed + r, base_seed=seed, folder=run_dir(folder, snr, init, frac, r),
-                              encoder=encoders[(snr, init, index)], device=device, meta={"init": init, "snr": snr, "encoder": index})
-        row = {"snr": snr, "init": init, "fraction": frac, "run": r, "encoder": index, **result}
-        table = pd.concat([table.astype(object), pd.DataFrame([row]).astype(object)], ignore_index=True) if len(table) else pd.DataFrame([row])
-        write_text_atomic(table_path, table[list(RUN_COLUMNS)].to_csv(index=False))  # one atomic rewrite per finished run
-        if n + 1 < len(todo):
-            budget.check(f"fine-tuning run {n + 1}/{len(todo)} of this call ({table_path})")
+        return encoders[(snr, init, index)]
+
+    total = len(todo)
+    if max_runs is not None:
+        todo = todo[:max_runs]
+    size = int(runs_per_batch)
+    bar = tqdm(total=len(todo), desc="fine-tuning runs", disable=not progress)
+    for start in range(0, len(todo), size):
+        chunk = todo[start : start + size]
+        jobs = [FinetuneJob(datasets[snr], frac, seed + r, run_dir(folder, snr, init, frac, r), encoder(snr, init, r),
+                            {"init": init, "snr": snr, "encoder": r % cells.encoders}) for snr, init, frac, r in chunk]
+        if size == 1:
+            j = jobs[0]
+            results = [finetune_run(j.ds, cfg, fraction=j.fraction, seed=j.seed, base_seed=seed, folder=j.folder, encoder=j.encoder, device=device, meta=j.meta)]
+        else:
+            results = finetune_runs(jobs, cfg, base_seed=seed, device=device, executor=executor)
+        rows = pd.DataFrame([{"snr": snr, "init": init, "fraction": frac, "run": r, "encoder": r % cells.encoders, **res}
+                             for (snr, init, frac, r), res in zip(chunk, results)])
+        table = pd.concat([table.astype(object), rows.astype(object)], ignore_index=True) if len(table) else rows
+        write_text_atomic(table_path, table[list(RUN_COLUMNS)].to_csv(index=False))  # one atomic rewrite per finished batch of runs
+        bar.update(len(chunk))
+        done_now = start + len(chunk)
+        if done_now < total:
+            budget.check(f"fine-tuning run {done_now}/{total} of this call ({table_path})")
+    bar.close()
     return _sorted(pd.read_csv(table_path) if table_path.is_file() else table, cells)
 
 

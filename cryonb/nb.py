@@ -19,7 +19,7 @@ from typing import Any
 import numpy as np
 import torch
 
-from cryonb.device import pick_device
+from cryonb.device import configure_threads, pick_device, wait_policy_applied
 from cryonb.io import atomic_path, write_text_atomic
 from cryonb.paths import resolve
 from cryonb.spec import Spec, load_profile
@@ -153,5 +153,8 @@ def start(name: str, profile: str, results_dir: str, work_dir: str, spec: dict[s
     )
     run.results_dir.mkdir(parents=True, exist_ok=True)
     run.work_dir.mkdir(parents=True, exist_ok=True)
-    print(f"notebook {name} | profile {profile} | seed {run.seed} | device {run.device} | torch {torch.__version__}")
+    threads = configure_threads()
+    policy = os.environ.get("OMP_WAIT_POLICY", "default") if wait_policy_applied() else "default (spinning)"
+    print(f"notebook {name} | profile {profile} | seed {run.seed} | device {run.device} | torch {torch.__version__} | "
+          f"CPU threads {threads}, OpenMP wait {policy}")
     return run

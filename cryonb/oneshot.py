@@ -1,6 +1,7 @@
 """COS-Net over episodes: one training step (data, config in; a model out) and evaluation on test episodes.
 
-Public surface: :class:`LossConfig`, :class:`COSNetTrainConfig`, :func:`train_cosnet`, :func:`save_cosnet`,
+Public surface: :class:`LossConfig`, :class:`COSNetTrainConfig`, :func:`train_cosnet`, :class:`COSNetJob`,
+:func:`train_cosnet_many` (several trained together), :func:`save_cosnet`,
 :func:`load_cosnet`, :func:`episode_logits`, :func:`evaluate_episodes`, :func:`cosnet_scorer`,
 :func:`prototype_scorer`.
 
@@ -18,7 +19,8 @@ whether a finished model is reused is decided by :mod:`cryonb.experiments.cosnet
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator
+import functools
+from collections.abc import Callable, Iterator, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -34,12 +36,14 @@ from cryonb.episodes import Episode, episodes_to_arrays, sample_episodes, sample
 from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.metrics import accuracy_ci
 from cryonb.models.cosnet import VARIANTS, COSNet, COSNetConfig, dice_loss
-from cryonb.train import TrainConfig, fit, recalibrate_batchnorm
+from cryonb.train import History, TrainConfig, fit, fit_many, recalibrate_batchnorm
 
 __all__ = [
     "LossConfig",
     "COSNetTrainConfig",
     "train_cosnet",
+    "COSNetJob",
+    "train_cosnet_many",
     "save_cosnet",
     "load_cosnet",
     "episode_logits",
@@ -155,6 +159,26 @@ def _episode_batches(volumes: np.ndarray, masks: np.ndarray | None, labels: np.n
     return batches
 
 
+def _check_masks(volumes: np.ndarray, masks: np.ndarray) -> None:
+    if masks.shape != volumes.shape:
+        raise CryoNBError(f"masks have shape {masks.shape}: expected {volumes.shape} like the volumes")
+
+
+def _build(cfg: COSNetTrainConfig, volumes: np.ndarray, seed: int) -> COSNet:
+    with torch.random.fork_rng(devices=[]):  # initialisation from the seed alone; episodes from per-epoch generators
+        torch.manual_seed(seed)
+        return COSNet(replace(cfg.model, box=int(volumes.shape[1])))  # the box comes from the data
+
+
+def _finish(net: COSNet, history: History, cfg: COSNetTrainConfig, volumes: np.ndarray, train_pool: np.ndarray) -> tuple[COSNet, list[dict[str, float]]]:
+    """The log (one row per epoch, ``step`` = steps done) and the model on CPU, BatchNorm recalibrated, in eval mode."""
+    log = [{**row, "step": int(row["epoch"]) * cfg.steps_per_epoch} for row in history.epochs]
+    net = net.cpu()
+    if cfg.recalibrate_bn:
+        recalibrate_batchnorm(net, _batch(volumes, np.sort(np.asarray(train_pool)), torch.device("cpu")), batch_size=16)
+    return net.eval(), log
+
+
 def train_cosnet(
     cfg: COSNetTrainConfig,
     volumes: np.ndarray,
@@ -182,19 +206,54 @@ def train_cosnet(
     -------
     The trained model (eval mode, CPU) and one log row per epoch: mean loss terms, ``step`` (steps done), ``wall_s``.
     """
-    if masks.shape != volumes.shape:
-        raise CryoNBError(f"masks have shape {masks.shape}: expected {volumes.shape} like the volumes")
-    with torch.random.fork_rng(devices=[]):  # initialisation from the seed alone; episodes from per-epoch generators
-        torch.manual_seed(seed)
-        net = COSNet(replace(cfg.model, box=int(volumes.shape[1])))  # the box comes from the data
+    _check_masks(volumes, masks)
+    net = _build(cfg, volumes, seed)
     batches = _episode_batches(volumes, masks if net.config.decoder else None, labels, train_pool, cfg, seed)
     history = fit(net, lambda model, batch: _loss(model, batch, cfg.n_way, cfg.loss), batches, cfg.train, seed=seed, device=device,
                   checkpoint_dir=Path(checkpoint_dir) if checkpoint_dir is not None else None, progress=progress)
-    log = [{**row, "step": int(row["epoch"]) * cfg.steps_per_epoch} for row in history.epochs]
-    net = net.cpu()
-    if cfg.recalibrate_bn:
-        recalibrate_batchnorm(net, _batch(volumes, np.sort(np.asarray(train_pool)), torch.device("cpu")), batch_size=16)
-    return net.eval(), log
+    return _finish(net, history, cfg, volumes, train_pool)
+
+
+@dataclass(frozen=True)
+class COSNetJob:
+    """One model of :func:`train_cosnet_many`: the arguments of :func:`train_cosnet` for one training."""
+
+    cfg: COSNetTrainConfig
+    volumes: np.ndarray
+    masks: np.ndarray
+    labels: np.ndarray
+    train_pool: np.ndarray
+    seed: int
+    checkpoint_dir: str | Path | None = None
+
+
+def train_cosnet_many(jobs: Sequence[COSNetJob], *, device: torch.device | str = "cpu", progress: bool = True, executor: str = "auto",
+                      workers: int | None = None) -> list[tuple[COSNet, list[dict[str, float]]]]:
+    """Several COS-Net trainings together (:func:`cryonb.train.fit_many`); (model, log) per job, in order.
+
+    Jobs may differ in variant, n-way, data set and seed; each trains what :func:`train_cosnet` trains from the
+    same arguments (with ``executor="threads"``, the CPU default, bit for bit its one-thread result). Jobs whose
+    ``cfg.train`` differ train in separate groups (one optimiser schedule per :func:`fit_many` call). Under
+    ``executor="vmap"`` (CUDA default) models of one variant and n-way share a stacked step.
+    """
+    for j in jobs:
+        _check_masks(j.volumes, j.masks)
+    nets = [_build(j.cfg, j.volumes, j.seed) for j in jobs]
+    loss_fns: dict[tuple, Callable[[nn.Module, Any], dict[str, torch.Tensor]]] = {}  # one object per (n-way, loss): vmap groups by it
+    results: dict[int, History] = {}
+    for train_cfg in dict.fromkeys(j.cfg.train for j in jobs):
+        part = [k for k, j in enumerate(jobs) if j.cfg.train == train_cfg]
+        for k in part:
+            key = (jobs[k].cfg.n_way, jobs[k].cfg.loss)
+            loss_fns.setdefault(key, functools.partial(_loss, n=key[0], cfg=key[1]))
+        histories = fit_many([nets[k] for k in part], [loss_fns[(jobs[k].cfg.n_way, jobs[k].cfg.loss)] for k in part],
+                             [_episode_batches(jobs[k].volumes, jobs[k].masks if nets[k].config.decoder else None, jobs[k].labels,
+                                               jobs[k].train_pool, jobs[k].cfg, jobs[k].seed) for k in part],
+                             train_cfg, seeds=[jobs[k].seed for k in part], device=device, progress=progress,
+                             checkpoint_dirs=[Path(jobs[k].checkpoint_dir) if jobs[k].checkpoint_dir is not None else None for k in part],
+                             executor=executor, workers=workers)
+        results.update(zip(part, histories))
+    return [_finish(nets[k], results[k], j.cfg, j.volumes, j.train_pool) for k, j in enumerate(jobs)]
 
 
 def save_cosnet(path: str | Path, net: COSNet, log: list[dict[str, float]], meta: dict[str, Any]) -> Path:

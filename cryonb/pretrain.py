@@ -1,7 +1,7 @@
 """CSSL pre-training of RB3D (one step: a data set and a config in, an encoder out) and the frozen-embedding probe.
 
 Public surface: :class:`SSLConfig`, :class:`PretrainConfig`, :func:`build_ssl`, :func:`random_encoder`,
-:func:`pretrain`, :func:`save_encoder`, :func:`load_encoder`, :func:`knn_accuracy`, :func:`embedding_std`,
+:func:`pretrain`, :class:`PretrainJob`, :func:`pretrain_many` (several trained together), :func:`save_encoder`, :func:`load_encoder`, :func:`knn_accuracy`, :func:`embedding_std`,
 :func:`standardise`.
 
 Pre-training sees the training split without labels, as in the paper. Which data set, which folder and whether
@@ -10,6 +10,7 @@ a finished encoder is reused is decided by :mod:`cryonb.experiments.cssl`; this 
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
 from typing import Any
@@ -22,10 +23,11 @@ from torch import nn
 from cryonb import checkpoints
 from cryonb.augment import AugmentConfig, two_views
 from cryonb.data import iterate_batches, to_tensor
+from cryonb.device import pick_device
 from cryonb.errors import CryoNBError, reject_unknown_keys
 from cryonb.models.rb3d import RB3D, RB3DConfig
 from cryonb.ssl import METHODS, MoCo, SimCLR, SwAV
-from cryonb.train import History, TrainConfig, fit
+from cryonb.train import History, TrainConfig, fit, fit_many
 
 __all__ = [
     "SSLConfig",
@@ -33,6 +35,8 @@ __all__ = [
     "build_ssl",
     "random_encoder",
     "pretrain",
+    "PretrainJob",
+    "pretrain_many",
     "save_encoder",
     "load_encoder",
     "knn_accuracy",
@@ -114,13 +118,16 @@ def _train_indices(ds: Any, cfg: PretrainConfig, seed: int) -> np.ndarray:
     return idx
 
 
-def pretrain(method: str, ds: Any, cfg: PretrainConfig, *, seed: int, device: torch.device | str = "cpu",
-             checkpoint_dir: Path | None = None, progress: bool = True) -> tuple[RB3D, History]:
-    """Train one CSSL method on ``ds``'s training split (labels unused); returns the encoder and its history.
+def _ssl_loss(model: nn.Module, batch: tuple[torch.Tensor, torch.Tensor, torch.Tensor]) -> dict[str, torch.Tensor]:
+    return {"loss": model.loss(*batch)}
 
-    ds : a data set with ``volumes`` (N, D, D, D), ``classes`` and ``indices(split)``.
-    checkpoint_dir : :func:`cryonb.train.fit` writes ``last.pt`` there every epoch and resumes from it.
-    """
+
+def _after_step(model: nn.Module, batch: Any, outputs: dict[str, torch.Tensor]) -> None:
+    model.after_step()  # MoCo: momentum update and queue; SwAV: feature queue
+
+
+def _prepare(method: str, ds: Any, cfg: PretrainConfig, seed: int) -> tuple[RB3D, nn.Module, Any]:
+    """The encoder, its SSL wrapper (drawn from ``seed`` alone) and ``fit``'s batches of view pairs."""
     with torch.random.fork_rng(devices=[]):  # encoder and heads drawn from the seed alone
         torch.manual_seed(seed)
         encoder = RB3D(replace(cfg.model, n_classes=len(ds.classes)))
@@ -134,9 +141,66 @@ def pretrain(method: str, ds: Any, cfg: PretrainConfig, *, seed: int, device: to
             v1, v2 = two_views(volumes[b], cfg.augment, generator)
             yield v1, v2, ids[b]
 
-    history = fit(model, lambda m, b: {"loss": m.loss(*b)}, batches, cfg.train, seed=seed, device=device,
-                  checkpoint_dir=checkpoint_dir, progress=progress, on_step_end=lambda m, b, o: m.after_step())
+    return encoder, model, batches
+
+
+def pretrain(method: str, ds: Any, cfg: PretrainConfig, *, seed: int, device: torch.device | str = "cpu",
+             checkpoint_dir: Path | None = None, progress: bool = True) -> tuple[RB3D, History]:
+    """Train one CSSL method on ``ds``'s training split (labels unused); returns the encoder and its history.
+
+    ds : a data set with ``volumes`` (N, D, D, D), ``classes`` and ``indices(split)``.
+    checkpoint_dir : :func:`cryonb.train.fit` writes ``last.pt`` there every epoch and resumes from it.
+    """
+    encoder, model, batches = _prepare(method, ds, cfg, seed)
+    history = fit(model, _ssl_loss, batches, cfg.train, seed=seed, device=device,
+                  checkpoint_dir=checkpoint_dir, progress=progress, on_step_end=_after_step)
     return encoder.cpu(), history
+
+
+@dataclass(frozen=True)
+class PretrainJob:
+    """One pre-training of :func:`pretrain_many`: a method, its data set, its seed and its checkpoint folder."""
+
+    method: str
+    ds: Any
+    seed: int
+    checkpoint_dir: Path | None = None
+
+
+#: methods whose loss batches under vmap; SwAV's queue length is data-dependent control flow (``int(...)``)
+_VMAPPABLE = ("moco", "simclr")
+
+
+def pretrain_many(jobs: Sequence[PretrainJob], cfg: PretrainConfig, *, device: torch.device | str = "cpu", progress: bool = True,
+                  executor: str = "auto", workers: int | None = None) -> list[tuple[RB3D, History]]:
+    """Several pre-trainings together (:func:`cryonb.train.fit_many`); (encoder, history) per job, in order.
+
+    Each job trains exactly what :func:`pretrain` trains from the same arguments (its own initialisation, views,
+    dropout, MoCo momentum encoder and queue, SwAV queue), only beside the others: with ``executor="threads"``
+    (CPU default) bit for bit what ``pretrain`` gives with one torch thread. Jobs may mix methods and data sets.
+    With ``executor="vmap"`` (CUDA default) models of one method share a stacked step; SwAV, whose queue
+    length drives Python control flow, trains on threads beside them.
+    """
+    if not jobs:
+        return []
+    for j in jobs:
+        if j.method not in METHODS:
+            raise CryoNBError(f"unknown CSSL method {j.method!r}; expected one of {', '.join(METHODS)}")
+    resolved = executor if executor != "auto" else ("vmap" if pick_device(str(device)).type == "cuda" else "threads")
+    if resolved == "vmap" and executor == "vmap" and any(j.method not in _VMAPPABLE for j in jobs):
+        raise CryoNBError("pretrain_many executor='vmap': SwAV does not batch under vmap; use executor='auto' (SwAV on threads) or 'threads'")
+    prepared = [_prepare(j.method, j.ds, cfg, j.seed) for j in jobs]
+    parts = [[k for k, j in enumerate(jobs) if (j.method in _VMAPPABLE) == vm] for vm in (True, False)] if resolved == "vmap" else [list(range(len(jobs)))]
+    histories: dict[int, History] = {}
+    for part in parts:
+        if not part:
+            continue
+        part_executor = resolved if all(jobs[k].method in _VMAPPABLE for k in part) else "threads"
+        done = fit_many([prepared[k][1] for k in part], _ssl_loss, [prepared[k][2] for k in part], cfg.train, seeds=[jobs[k].seed for k in part],
+                        device=device, checkpoint_dirs=[jobs[k].checkpoint_dir for k in part], progress=progress, on_step_end=_after_step,
+                        executor=part_executor, workers=workers)
+        histories.update(zip(part, done))
+    return [(prepared[k][0].cpu(), histories[k]) for k in range(len(jobs))]
 
 
 def save_encoder(path: Path, encoder: RB3D, history: History, meta: dict[str, Any]) -> Path:

@@ -74,3 +74,18 @@ def test_bad_parameters() -> None:
     with pytest.raises(CryoNBError, match="expects \\(batch, 1, z, y, x\\)"):
         augment(torch.zeros(32, 32, 32), AugmentConfig(), torch.Generator())
     assert math.isclose(AugmentConfig().rotation_deg, 45.0)
+
+
+@pytest.mark.parametrize("full_so3", [False, True])
+def test_resample_equals_trilinear_grid_sample(full_so3: bool) -> None:
+    """The separable path (rotations about z: z, then one 2-D resampling of all slices) is trilinear sampling."""
+    import torch.nn.functional as F
+
+    from cryonb.augment import resample
+
+    v = torch.randn(16, 2, 12, 14, 10, generator=torch.Generator().manual_seed(0))
+    theta, _, _ = sample_transforms(16, AugmentConfig(full_so3=full_so3, scale_range=(0.6, 1.4)), torch.Generator().manual_seed(1))
+    grid = F.affine_grid(theta, list(v.shape), align_corners=False)
+    reference = F.grid_sample(v, grid, mode="bilinear", padding_mode="border", align_corners=False)
+    assert torch.allclose(resample(v, theta), reference, atol=1e-5)
+    assert (reference - v).abs().max() > 0.5  # the maps do move the volumes
