@@ -98,16 +98,25 @@ class ToyData:
 
 
 def _spy(monkeypatch: pytest.MonkeyPatch, module: object) -> list:
-    """Replace ``module.fit`` by a recorder that returns an empty history (no training)."""
+    """Replace ``module.fit`` and ``module.fit_many`` by recorders of the config they get (no training)."""
     from cryonb.train import History
 
     seen = []
 
-    def fake_fit(model, loss_fn, batches, cfg, **kw):  # noqa: ANN001, ANN202
-        seen.append(cfg)
+    def history(model):  # noqa: ANN001, ANN202
         return History(best_state={k: v.clone() for k, v in model.state_dict().items()}, best_epoch=1, best_value=0.0)
 
-    monkeypatch.setattr(module, "fit", fake_fit)
+    def fake_fit(model, loss_fn, batches, cfg, **kw):  # noqa: ANN001, ANN202
+        seen.append(cfg)
+        return history(model)
+
+    def fake_fit_many(models, loss_fn, batches, cfg, **kw):  # noqa: ANN001, ANN202
+        seen.append(cfg)
+        return [history(m) for m in models]
+
+    for name, fake in (("fit", fake_fit), ("fit_many", fake_fit_many)):
+        if hasattr(module, name):
+            monkeypatch.setattr(module, name, fake)
     return seen
 
 

@@ -58,6 +58,8 @@ __all__ = [
 ]
 
 Job = tuple[str, float, int, int]  # (variant, SNR, training n-way, seed index)
+#: independent models trained together (cryonb.train.fit_many); speed and memory only, never a result
+MODELS_PER_BATCH = 8
 
 
 def recipes(spec: Spec) -> dict[float, DatasetRecipe]:
@@ -88,29 +90,44 @@ def model_path(spec: Spec, variant: str, snr: float, n_way: int, index: int, wor
     return Path(work_dir) / "cosnet" / f"{variant}-snr{snr_label(snr)}-{n_way}way-s{seed}-{key}.pt"
 
 
+def _model_meta(spec: Spec, variant: str, snr: float, n_way: int, index: int, ds: SubtomoDataset, pool: np.ndarray) -> dict[str, Any]:
+    seed = model_seed(spec, index)
+    return {"variant": variant, "snr": snr, "train_n_way": n_way, "dataset": ds.root.name, "seeds": {"train": seed}, "seed": seed, "seed_index": index,
+            "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "polarity": getattr(ds, "polarity", None),
+            "seen_classes": sorted(set(ds.meta.pdb_id.to_numpy()[pool]))}
+
+
+def _train_models(spec: Spec, jobs: list[tuple[Job, COSNetTrainConfig | None]], work_dir: str | Path, device: torch.device | str,
+                  progress: bool) -> None:
+    """Train the missing models of ``jobs`` ((variant, SNR, n-way, seed index), training config or None for the spec's)
+    on the seen classes' training rows, :data:`MODELS_PER_BATCH` at a time (:func:`cryonb.oneshot.train_cosnet_many`:
+    each exactly what it would be alone), and write them."""
+    missing = [(job, training) for job, training in jobs if not model_path(spec, *job, work_dir, training).is_file()]
+    data = {snr: ensure_dataset(recipes(spec)[snr], progress=progress) for snr in dict.fromkeys(job[1] for job, _ in missing)}
+    for start in range(0, len(missing), MODELS_PER_BATCH):
+        chunk = missing[start : start + MODELS_PER_BATCH]
+        targets = [model_path(spec, *job, work_dir, training) for job, training in chunk]
+        pools = {snr: ds.indices(split="train", class_split="seen") for snr, ds in data.items()}
+        many = [oneshot.COSNetJob((training or spec.cosnet.training).for_job(variant, n_way), data[snr].volumes, data[snr].masks,
+                                  data[snr].meta["class_id"].to_numpy(), pools[snr], model_seed(spec, index), target.with_suffix(".run"))
+                for ((variant, snr, n_way, index), training), target in zip(chunk, targets)]
+        for ((variant, snr, n_way, index), _), target, (net, log) in zip(chunk, targets, oneshot.train_cosnet_many(many, device=device, progress=progress)):
+            oneshot.save_cosnet(target, net, log, _model_meta(spec, variant, snr, n_way, index, data[snr], pools[snr]))
+            shutil.rmtree(target.with_suffix(".run"), ignore_errors=True)  # fit's resumable state: not needed once the model is written
+
+
 def ensure_model(spec: Spec, variant: str, snr: float, n_way: int, index: int, work_dir: str | Path, device: torch.device | str = "cpu",
                  progress: bool = True, training: COSNetTrainConfig | None = None) -> Path:
     """The checkpoint of one job: reused if present, else trained on the seen classes' training rows (resumable)."""
-    target = model_path(spec, variant, snr, n_way, index, work_dir, training)
-    if target.is_file():
-        return target
-    ds = ensure_dataset(recipes(spec)[snr], progress=progress)
-    cfg = (training or spec.cosnet.training).for_job(variant, n_way)
-    pool = ds.indices(split="train", class_split="seen")
-    seed = model_seed(spec, index)
-    net, log = oneshot.train_cosnet(cfg, ds.volumes, ds.masks, ds.meta["class_id"].to_numpy(), pool, seed=seed, device=device,
-                                    checkpoint_dir=target.with_suffix(".run"), progress=progress)
-    meta = {"variant": variant, "snr": snr, "train_n_way": n_way, "dataset": ds.root.name, "seeds": {"train": seed}, "seed": seed, "seed_index": index,
-            "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "polarity": getattr(ds, "polarity", None),
-            "seen_classes": sorted(set(ds.meta.pdb_id.to_numpy()[pool]))}
-    oneshot.save_cosnet(target, net, log, meta)
-    shutil.rmtree(target.with_suffix(".run"), ignore_errors=True)  # fit's resumable state: not needed once the model is written
-    return target
+    _train_models(spec, [((variant, snr, n_way, index), training)], work_dir, device, progress)
+    return model_path(spec, variant, snr, n_way, index, work_dir, training)
 
 
 def ensure_models(spec: Spec, work_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True) -> dict[Job, Path]:
-    """Every model of the evaluation grid (:meth:`cryonb.spec.EvaluationSpec.jobs`), trained once and reused."""
-    return {job: ensure_model(spec, *job, work_dir, device, progress) for job in spec.cosnet.evaluation.jobs()}
+    """Every model of the evaluation grid (:meth:`cryonb.spec.EvaluationSpec.jobs`), trained once (together) and reused."""
+    jobs = spec.cosnet.evaluation.jobs()
+    _train_models(spec, [(job, None) for job in jobs], work_dir, device, progress)
+    return {job: model_path(spec, *job, work_dir) for job in jobs}
 
 
 @dataclass(frozen=True)
@@ -255,8 +272,10 @@ def select_training(spec: Spec, work_dir: str | Path, device: torch.device | str
     pool = selection_rows(ds, pools.validation)
     names = ds.meta.groupby("class_id")["pdb_id"].first()
     rows = []
-    for values, training in sel.candidates(spec.cosnet.training):
-        path = ensure_model(spec, ev.main_variant, sel.snr, ev.train_n_ways[0], 0, work_dir, device, progress, training)
+    candidates = sel.candidates(spec.cosnet.training)
+    _train_models(spec, [((ev.main_variant, sel.snr, ev.train_n_ways[0], 0), training) for _, training in candidates], work_dir, device, progress)
+    for values, training in candidates:
+        path = model_path(spec, ev.main_variant, sel.snr, ev.train_n_ways[0], 0, work_dir, training)
         net, _ = oneshot.load_cosnet(path, device)
         emb = embed(net, ds.volumes, pool, device=device)[0]
         _, eps, pred = oneshot.evaluate_episodes(oneshot.cosnet_scorer(net, emb, pool), pools.labels, pool, sel.n_way, 1, sel.n_episodes,

@@ -31,7 +31,12 @@ from cryonb.simulate.config import snr_label
 from cryonb.spec import ClassifierSpec, Spec
 from cryonb.ssl import METHODS
 
+#: independent models trained together (cryonb.train.fit_many): on a CPU one per core at a time, each bit-identical
+#: to training it alone; it changes speed and memory, never a result, so it is not a spec setting
+MODELS_PER_BATCH = 8
+
 __all__ = [
+    "MODELS_PER_BATCH",
     "recipes",
     "datasets",
     "encoder_seed",
@@ -71,27 +76,38 @@ def encoder_path(spec: Spec, method: str, snr: float, work_dir: str | Path, inde
     return Path(work_dir) / "cssl" / f"{method}-snr{snr_label(snr)}-{key}" / "encoder.pt"
 
 
+def _encoder_meta(spec: Spec, method: str, snr: float, index: int, ds: SubtomoDataset) -> dict[str, Any]:
+    seed = encoder_seed(spec, index)
+    return {"method": method, "dataset": ds.root.name, "snr": snr, "encoder": index, "seeds": {"pretrain": seed}, "seed": seed,
+            "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "polarity": ds.polarity, "class_names": list(ds.classes)}
+
+
+def _train_encoders(spec: Spec, keys: list[tuple[float, str, int]], work_dir: str | Path, device: torch.device | str, progress: bool) -> None:
+    """Pre-train the encoders ``keys`` = (SNR, method, index) that are missing, :data:`MODELS_PER_BATCH` at a time
+    (:func:`cryonb.pretrain.pretrain_many`: each exactly what it would be alone), and write them."""
+    missing = [k for k in keys if not encoder_path(spec, k[1], k[0], work_dir, k[2]).is_file()]
+    data = {snr: ensure_dataset(recipes(spec)[snr], progress=progress) for snr in dict.fromkeys(k[0] for k in missing)}
+    for start in range(0, len(missing), MODELS_PER_BATCH):
+        chunk = missing[start : start + MODELS_PER_BATCH]
+        targets = [encoder_path(spec, m, snr, work_dir, i) for snr, m, i in chunk]
+        jobs = [pretrain.PretrainJob(m, data[snr], encoder_seed(spec, i), t.parent / "train") for (snr, m, i), t in zip(chunk, targets)]
+        for (snr, m, i), target, (encoder, history) in zip(chunk, targets, pretrain.pretrain_many(jobs, spec.cssl.pretrain, device=device, progress=progress)):
+            pretrain.save_encoder(target, encoder, history, _encoder_meta(spec, m, snr, i, data[snr]))
+
+
 def ensure_encoder(spec: Spec, method: str, snr: float, work_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True,
                    index: int = 0) -> Path:
     """Encoder ``index`` of (method, SNR): reused if present, else trained (or resumed) and written."""
-    target = encoder_path(spec, method, snr, work_dir, index)
-    if target.is_file():
-        return target
-    ds = ensure_dataset(recipes(spec)[snr], progress=progress)
-    seed = encoder_seed(spec, index)
-    encoder, history = pretrain.pretrain(method, ds, spec.cssl.pretrain, seed=seed, device=device,
-                                         checkpoint_dir=target.parent / "train", progress=progress)
-    meta: dict[str, Any] = {"method": method, "dataset": ds.root.name, "snr": snr, "encoder": index, "seeds": {"pretrain": seed}, "seed": seed,
-                            "box": int(ds.volumes.shape[1]), "voxel_size_a": ds.voxel_size_a, "polarity": ds.polarity,
-                            "class_names": list(ds.classes)}
-    return pretrain.save_encoder(target, encoder, history, meta)
+    _train_encoders(spec, [(snr, method, index)], work_dir, device, progress)
+    return encoder_path(spec, method, snr, work_dir, index)
 
 
 def ensure_encoders(spec: Spec, work_dir: str | Path, device: torch.device | str = "cpu", progress: bool = True) -> dict[tuple[float, str, int], Path]:
     """(SNR, method, index) → encoder checkpoint: every SNR of the data, every CSSL method of the sweep, every
-    independent encoder (``cssl.sweep.encoders``)."""
-    return {(snr, m, i): ensure_encoder(spec, m, snr, work_dir, device, progress, i)
-            for snr in spec.cssl.data.snrs for m in spec.cssl.sweep.methods for i in range(spec.cssl.sweep.encoders)}
+    independent encoder (``cssl.sweep.encoders``); the missing ones train together."""
+    keys = [(snr, m, i) for snr in spec.cssl.data.snrs for m in spec.cssl.sweep.methods for i in range(spec.cssl.sweep.encoders)]
+    _train_encoders(spec, keys, work_dir, device, progress)
+    return {(snr, m, i): encoder_path(spec, m, snr, work_dir, i) for snr, m, i in keys}
 
 
 def sweep_folder(spec: Spec, work_dir: str | Path) -> Path:
@@ -112,9 +128,14 @@ def run_sweep(spec: Spec, work_dir: str | Path, device: torch.device | str = "cp
     Encoders are pre-trained on demand (only for runs still to do), so a finished sweep needs none.
     """
     data = datasets(spec, progress)
+    cells = spec.cssl.sweep
+    table_path = sweep_folder(spec, work_dir) / "runs.csv"
+    finished = len(pd.read_csv(table_path)) if table_path.is_file() else 0
+    if finished < len(data) * len(cells.inits) * len(cells.fractions) * cells.runs:
+        ensure_encoders(spec, work_dir, device, progress)  # every encoder at once (batched) before the runs that need them
     table = finetune.sweep(data, lambda snr, m, i: ensure_encoder(spec, m, snr, work_dir, device, progress, i), spec.cssl.finetune,
                            spec.cssl.sweep, sweep_folder(spec, work_dir), seed=spec.seed, device=device, max_runs=max_runs,
-                           progress=progress)
+                           progress=progress, runs_per_batch=MODELS_PER_BATCH)
     return table, data
 
 
