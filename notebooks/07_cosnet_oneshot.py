@@ -132,17 +132,21 @@ params_table
 # %% [markdown]
 # ## Training on episodes (cached)
 # Each step draws two 1-shot support sets over the same n seen classes; every cross pair is a
-# match (same class) or not: BCE on the match logits + Dice on the decoder's masks, Adam lr 1e-4,
-# betas (0.5, 0.999) in the paper (spec `cosnet.train`; the quick profile takes 1e-3 and (0.9, 0.999):
-# at 1e-4 the loss barely moved in 200 steps, 1.69 → 1.61, and 2-way accuracy stayed at 0.56). After the
-# last step BatchNorm's running statistics are recomputed exactly over the training pool, because
-# batches of 2n volumes make them noisy (`cryonb.train.recalibrate_batchnorm`). Training runs in `cryonb.train.fit`, the loop every model here uses (AMP on a GPU, torchrun, a resumable checkpoint every `cosnet.steps_per_epoch` steps); finished models are keyed by (training config with variant and n-way, data recipe, seed) and reused by notebooks 08, 09 and `python -m cryonb train cosnet`.
+# match (same class) or not: BCE on the match logits + Dice on the decoder's masks. The paper states no
+# optimiser; the paper profile uses Adam 1e-4, betas (0.5, 0.999), and the quick profile's learning rate and
+# mask-loss weight were chosen on validation episodes (the next section; spec `cosnet.train`, `cosnet.loss`).
+# After the last step BatchNorm's running statistics are recomputed exactly over the training pool, because
+# batches of 2n volumes make them noisy (`cryonb.train.recalibrate_batchnorm`). Training runs in
+# `cryonb.train.fit_many`, the loop every model here uses (several independent models at once, each exactly as
+# if trained alone; AMP on a GPU; a resumable checkpoint every `cosnet.steps_per_epoch` steps); finished models
+# are keyed by (training config with variant and n-way, data recipe, seed) and reused by notebooks 08, 09 and
+# `python -m cryonb train cosnet`.
 #
 # *Match head.* The paper's head is one fully connected layer on |f_s − f_t|; its weights may take
 # either sign, so on classes it never saw it can reward *distance* (we saw this on toy data: accuracy
-# below chance). `cosnet: model: {match_head: monotone}` forces the weights ≤ 0 (a learned weighted L1 metric). On
-# this simulator at quick settings the paper's head did better (2-way SCNN, 200 steps, 500 episodes:
-# 0.586 vs 0.526), so it stays the default.
+# below chance). `cosnet: model: {match_head: monotone}` forces the weights ≤ 0 (a learned weighted L1 metric); the
+# default is the paper's head. The baselines below include a plain Euclidean prototype on COS-Net's own
+# embedding, which tells how much the learned head adds (the REPORT's "beyond the papers" table).
 #
 # *Decoder guidance.* The paper does not spell out how the decoder guides classification; here the
 # predicted mask, pooled to 8³, gates the deepest features (× (0.5 + mask)) and the Dice loss trains it.
