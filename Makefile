@@ -22,11 +22,13 @@ PYTEST_ARGS ?=
 PY    := $(VENV)/bin/python
 STAMP := $(VENV)/.cryonb-installed
 
-.PHONY: venv reproduce test test-fast lab bench report clean help
+.PHONY: venv reproduce test test-fast test-book book lab bench report clean help
 
 help:
 	@echo "make reproduce [PROFILE=quick|paper|smoke] [ONLY='03 04'] [MAX_MINUTES=9]   run the notebooks -> results/<profile>/"
 	@echo "make test                                                   unit tests + smoke run of every notebook"
+	@echo "make book [PROFILE=quick]                                   the course site from results/<profile>/ -> site/ (executes nothing)"
+	@echo "make test-book                                              build the site and load every page in headless Chromium"
 	@echo "make lab                                                    JupyterLab on notebooks/ (.py files open as notebooks)"
 	@echo "make bench                                                  benchmarks/*.py"
 	@echo "make clean                                                  remove generated data, runs and smoke results"
@@ -37,8 +39,9 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --quiet --upgrade pip
 	$(PY) -m pip install --quiet "$(TORCH_SPEC)" $(TORCH_INDEX)
-	# the portal extra too, so the tests exercise the Portal client and OME-Zarr over HTTP (the core imports without it)
-	$(PY) -m pip install --quiet -e '.[dev,portal]'
+	# the portal extra too, so the tests exercise the Portal client and OME-Zarr over HTTP (the core imports without it);
+	# the book extra, so `make test` builds the course site and checks it in a browser
+	$(PY) -m pip install --quiet -e '.[dev,portal,book]'
 	# a kernelspec inside the venv, so papermill and JupyterLab run this venv's python
 	$(PY) -m ipykernel install --sys-prefix --name python3 --display-name "Python 3 (ipykernel)" >/dev/null
 	@touch $(STAMP)
@@ -56,6 +59,12 @@ test: $(STAMP)
 test-fast: $(STAMP)
 	$(PY) -m pytest -m "not notebooks" $(PYTEST_ARGS)
 
+test-book: $(STAMP)
+	$(PY) -m pytest tests/test_book.py $(PYTEST_ARGS)
+
+book: $(STAMP)
+	$(PY) -m cryonb book --profile $(PROFILE)
+
 lab: $(STAMP)
 	$(VENV)/bin/jupyter lab --notebook-dir=notebooks
 
@@ -66,4 +75,4 @@ bench: $(STAMP)
 	@for b in benchmarks/bench_*.py; do echo "== $$b"; $(PY) $$b || exit 1; done
 
 clean:
-	rm -rf results/smoke runs data/generated data/cache
+	rm -rf results/smoke runs data/generated data/cache site

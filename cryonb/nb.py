@@ -24,7 +24,7 @@ from cryonb.io import atomic_path, write_text_atomic
 from cryonb.paths import resolve
 from cryonb.spec import Spec, load_profile
 
-__all__ = ["Run", "start", "seed_everything", "pick_device", "environment"]
+__all__ = ["Run", "start", "seed_everything", "pick_device", "environment", "try_profile"]
 
 
 def seed_everything(seed: int) -> torch.Generator:
@@ -134,6 +134,30 @@ class Run:
 
     def save_json(self, obj: Any, name: str) -> Path:
         return write_text_atomic(self.tables_dir / f"{name}.json", json.dumps(obj, indent=2, sort_keys=True, default=str))
+
+
+def _merged(base: dict[str, Any], changes: dict[str, Any]) -> dict[str, Any]:
+    out = dict(base)
+    for key, value in changes.items():
+        out[key] = _merged(out[key], value) if isinstance(value, dict) and isinstance(out.get(key), dict) else value
+    return out
+
+
+def try_profile(run: Run, changes: dict[str, Any], only: str, name: str = "try") -> Spec:
+    """An exercise's edit of the profile: validate it and print what to put in ``params/<name>.yaml`` and the command.
+
+    ``changes`` is a nested mapping merged into this run's profile (``{"cssl": {"data": {"snrs": [0.1]}}}``).
+    Writes nothing; returns the validated spec, so an answer key can inspect what would change. A setting that does
+    not exist raises :class:`~cryonb.CryoNBError` naming it, so an exercise that asks for one fails its test.
+    """
+    import yaml
+
+    base = load_profile(run.profile).raw_spec
+    spec = Spec.from_dict(_merged(base, changes), f"params/{name}.yaml")
+    print(f"cp params/{run.profile}.yaml params/{name}.yaml   # then change these entries:")
+    print(yaml.safe_dump(changes, default_flow_style=None, sort_keys=False).rstrip())
+    print(f"python -m cryonb run --profile {name} --only {only}")
+    return spec
 
 
 def start(name: str, profile: str, results_dir: str, work_dir: str, spec: dict[str, Any] | None = None) -> Run:

@@ -10,10 +10,12 @@ for every notebook: see :mod:`cryonb.spec`) and its own presentation knobs from 
 from __future__ import annotations
 
 import ast
+import contextlib
 import json
 import os
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,6 +29,7 @@ from cryonb.errors import CryoNBError
 from cryonb.io import atomic_path, write_text_atomic
 from cryonb.paths import repo_root
 from cryonb.spec import Profile, list_profiles, load_profile
+from cryonb.viewer import STATIC_ENV as STATIC_VIEWER_ENV
 
 __all__ = [
     "NotebookResult",
@@ -130,7 +133,7 @@ def run_notebook(source: Path, parameters: dict[str, Any], results_dir: Path) ->
     target = results_dir / f"{source.stem}.ipynb"
     _prefer_this_python_kernel()
     start = time.perf_counter()
-    with atomic_path(target) as executed:
+    with atomic_path(target) as executed, _static_viewer():
         staged = executed.with_name(f".tmp-in-{source.stem}.ipynb")
         nbformat.write(to_ipynb(source), staged)
         try:
@@ -156,6 +159,21 @@ def run_notebook(source: Path, parameters: dict[str, Any], results_dir: Path) ->
     for leftover in ("failed", "partial"):
         (results_dir / f"{source.stem}.{leftover}.ipynb").unlink(missing_ok=True)
     return NotebookResult(source.stem, time.perf_counter() - start, target)
+
+
+@contextlib.contextmanager
+def _static_viewer() -> Iterator[None]:
+    # an executed notebook is read as a document (results/, the course site): the volume viewer draws its static
+    # figure only, since sliders would store their state in the file and show nothing there (cryonb.viewer)
+    before = os.environ.get(STATIC_VIEWER_ENV)
+    os.environ[STATIC_VIEWER_ENV] = "1"  # the kernel, a child process, inherits it
+    try:
+        yield
+    finally:
+        if before is None:
+            os.environ.pop(STATIC_VIEWER_ENV, None)
+        else:
+            os.environ[STATIC_VIEWER_ENV] = before
 
 
 def _prefer_this_python_kernel() -> None:

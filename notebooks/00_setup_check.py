@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 00 · Setup check
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/00_setup_check.ipynb)
+#
 # **What you will do:** confirm that the environment works end to end before the long notebooks:
 # package versions, whether a GPU is visible, the checksums of every bundled structure, and a first
 # look at one macromolecule.
@@ -31,6 +33,22 @@ spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner
 structure_id = "1bxn"
 voxel_size_a = 10.0
 box = 32
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("00_setup_check"))
 
 # %%
 import matplotlib.pyplot as plt
@@ -109,6 +127,23 @@ print(f"cryonb {cryonb.__version__}: setup OK")
 # 1. Set `structure_id = "3gl1"` (a 40 kDa monomer): predict how many voxels its projection covers compared with RuBisCO.
 # 2. Set `voxel_size_a = 5.0`: the molecule now spans twice as many voxels; does it still fit in `box = 32`?
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: count the voxels each projection covers (the grid holds atom counts, so "covered" = at least one atom).
+small = structures.atom_count_grid("3gl1", voxel_size_a=voxel_size_a, size=box)
+covered = {pid: int((g.sum(axis=0) > 0).sum()) for pid, g in ((structure_id, grid), ("3gl1", small))}
+print(f"voxels covered by the projection along z: {covered}; ratio {covered[structure_id] / covered['3gl1']:.1f}")
+# a 40 kDa monomer against a large complex: the area scales roughly as mass^(2/3), not as the mass
+# %% tags=["solution", "hide-cell"]
+# Solution 2: at 5 Å per voxel the box spans half as many ångström; atoms outside the box are not counted.
+fine = structures.atom_count_grid(structure_id, voxel_size_a=5.0, size=box)
+n_atoms = int(info.set_index("pdb_id").loc[structure_id, "n_atoms"])
+radius_a = float(info.set_index("pdb_id").loc[structure_id, "max_radius_a"])
+print(f"{structure_id}: radius {radius_a:.0f} Å, box half-width {box * 5.0 / 2:.0f} Å at 5 Å/voxel; "
+      f"{int(fine.sum())} of {n_atoms} atoms inside -> {'fits' if fine.sum() == n_atoms else 'does not fit'}")
+
+# %% [markdown]
 # ## Further reading
 # - wwPDB, *Biological assemblies* (REMARK 350): https://pdb101.rcsb.org/learn/guide-to-understanding-pdb-data/biological-assemblies
 # - gemmi documentation, *Assemblies*: https://gemmi.readthedocs.io/

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 01 · Simulating subtomograms from real structures
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/01_simulation.ipynb)
+#
 # **What you will learn:** how a cryo-electron tomogram of a macromolecule is formed — electrostatic
 # potential, a crowded cellular scene, a tilt series from −60° to +60° (and hence the *missing wedge*),
 # the contrast transfer function (CTF) with its zeros, detector blurring, and noise — and what a
@@ -42,6 +44,22 @@ work_dir = "runs/quick"
 spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 n_workers = 2
 gallery_per_snr = 6
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("01_simulation"))
 
 # %%
 import math
@@ -518,6 +536,20 @@ for r_i, name in enumerate(names):
 run.save_figure(fig, "gallery")
 
 # %% [markdown]
+# ## 8 · One subtomogram from three sides
+# The orthoslice viewer (`cryonb.viewer.view_volume`): x–y, x–z and y–z slices through the molecule's centre, its
+# mask drawn in red. In JupyterLab or on Colab, sliders move the three slices and toggle the mask; an executed copy
+# (and the course site) shows the figure.
+
+# %%
+from cryonb.viewer import view_volume
+
+ds_view = datasets[names[-1]]
+fig = view_volume(ds_view.volumes[0], ds_view.masks[0], title=f"{names[-1]}: subtomogram 0 ({ds_view.meta.pdb_id[0]}), red: mask")
+run.save_figure(fig, "orthoslices")
+plt.show()
+
+# %% [markdown]
 # Export any sample for ChimeraX, IMOD or napari with
 # `python -m cryonb export-mrc DATASET_FOLDER INDEX -o sample.mrc` (voxel size in the header).
 #
@@ -530,6 +562,51 @@ run.save_figure(fig, "gallery")
 # 3. Change `defocus_um` in section 3 to 2 µm: where do the CTF zeros move, and what does that mean
 #    for the 10 Å voxel's frequency range?
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: the spec edit (validated), and a preview with the fast path on this notebook's scene: the same
+# noise-free signal at each SNR, and how well the noisy volume still correlates with it (1 = identical).
+from cryonb.nb import try_profile
+
+try_profile(run, {"cssl": {"data": {"snrs": [1.0, 0.1]}}}, only="01")
+preview_snrs = [1.0, 0.1, 0.03]
+fig, axes = plt.subplots(1, len(preview_snrs), figsize=(3 * len(preview_snrs), 3))
+for ax, snr_try in zip(axes, preview_snrs):
+    sub = simulate.simulate_fast(scene.volume, defocus_um, snr_try, config, np.random.default_rng(3))
+    noisy = sub.signal + sub.noise
+    r = float(np.corrcoef(noisy.ravel(), sub.signal.ravel())[0, 1])
+    ax.imshow(noisy[c], cmap="gray")
+    ax.set_title(f"SNR {snr_try:g}: r = {r:.2f}", fontsize=9)
+    ax.axis("off")
+plt.show()
+# r = sqrt(SNR / (1 + SNR)) for independent noise: the eye needs r well above ~0.5, i.e. SNR near 1 or more
+# %% tags=["solution", "hide-cell"]
+# Solution 2: tilts to ±30° leave a missing wedge of 2 × (90° − 30°) instead of 2 × (90° − 60°); the elongation
+# along z of a point (Radermacher 1988) is sqrt((a + sin a cos a) / (a − sin a cos a)) for a maximum tilt a.
+narrow = simulate.SimulationConfig(tilt_min_deg=-30, tilt_max_deg=30)
+for cfg_try in (config, narrow):
+    a = math.radians(cfg_try.tilt_max_deg)
+    elong = math.sqrt((a + math.sin(a) * math.cos(a)) / (a - math.sin(a) * math.cos(a)))
+    print(f"tilts ±{cfg_try.tilt_max_deg:g}°: missing wedge {2 * (90 - cfg_try.tilt_max_deg):g}°, elongation along z {elong:.2f}")
+ref_narrow = simulate.simulate_tiltseries(scene.volume, defocus_um, 0.5, narrow, np.random.default_rng(2))
+fig, axes = plt.subplots(1, 2, figsize=(6, 3))
+for ax, (name, vol) in zip(axes, [("±60°", ref.signal), ("±30°", ref_narrow.signal)]):
+    ax.imshow(vol[:, c], cmap="gray")
+    ax.set_title(f"xz slice, tilts {name}", fontsize=9)
+    ax.axis("off")
+plt.show()
+# %% tags=["solution", "hide-cell"]
+# Solution 3: less defocus moves every CTF zero to higher frequency (finer detail): more of the band a 10 Å voxel
+# holds (up to its Nyquist frequency 1/20 Å) is passed before the first contrast reversal, but low-frequency
+# contrast (what makes a molecule visible at 10 Å) drops.
+nyquist = 0.5 / config.voxel_size_a
+for d_um in (defocus_um, 2.0):
+    z_inv_a = simulate.ctf_zeros_inv_a(d_um, config, nyquist)
+    print(f"{d_um:g} µm: {len(z_inv_a)} zeros below Nyquist (1/{1 / nyquist:.0f} Å); first at "
+          + (f"1/{1 / z_inv_a[0]:.0f} Å" if len(z_inv_a) else "none"))
+
+# %% [markdown]
 # ## Further reading
 # - Peng, L.-M. et al. (1996) Robust parameterization of elastic and absorptive electron atomic
 #   scattering factors. *Acta Cryst. A* 52, 257–276.

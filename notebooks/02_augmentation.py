@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 02 · Augmentation for contrastive learning
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/02_augmentation.ipynb)
+#
 # **What you will do:** apply the CSSL paper's augmentation pipeline to simulated subtomograms and look at
 # the *positive pairs* that contrastive learning asks the network to recognise as "the same".
 #
@@ -31,6 +33,22 @@ work_dir = "runs/quick"
 spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 n_views = 6
 n_stats = 2000
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("02_augmentation"))
 
 # %%
 import matplotlib.pyplot as plt
@@ -115,5 +133,23 @@ assert stats.value[2] >= stats.expected[2] and stats.value[3] <= stats.expected[
 #    direction in the views. (To pre-train with it, set `cssl: pretrain: augment: {full_so3: true}` in a profile.)
 # 2. Set `cfg = AugmentConfig(p_crop=1.0)`: how should the fraction of untouched views change? Check the table.
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: with full_so3 the rotation is any 3-D rotation, so the missing wedge (along z in the original)
+# turns with the molecule: views now show the smearing along other directions, which no real tomogram has.
+from dataclasses import replace
+
+so3 = replace(cfg, full_so3=True)
+views_so3 = augment(x, so3, torch.Generator().manual_seed(seed))
+fig = slice_grid([x[0, 0].numpy()] + [v[0].numpy() for v in views_so3], ["original"] + [f"SO(3) view {k + 1}" for k in range(n_views)])
+plt.show()
+# %% tags=["solution", "hide-cell"]
+# Solution 2: a view is untouched only when neither transform fires: (1 - p_crop)(1 - p_affine), so 0 at p_crop = 1.
+_, moved_crop, _ = sample_transforms(n_stats, replace(cfg, p_crop=1.0), torch.Generator().manual_seed(seed))
+print(f"untouched views: {1 - float(moved.float().mean()):.3f} with p_crop = {cfg.p_crop:g} "
+      f"(predicted {(1 - cfg.p_crop) * (1 - cfg.p_affine):.3f}); {1 - float(moved_crop.float().mean()):.3f} with p_crop = 1 (predicted 0)")
+
+# %% [markdown]
 # ## Further reading
 # - Gupta et al. 2022, section 3.3 (the augmentation pipeline). Chen et al. 2020 (SimCLR) on why augmentation strength matters.

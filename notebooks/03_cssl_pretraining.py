@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 03 · Contrastive self-supervised pre-training (MoCo, SimCLR, SwAV)
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/03_cssl_pretraining.ipynb)
+#
 # **What you will do:** pre-train the RB3D encoder on unlabelled subtomograms with three contrastive methods,
 # then measure, without any fine-tuning, how well each frozen embedding separates the ten classes.
 #
@@ -41,6 +43,22 @@ results_dir = "results/quick"
 work_dir = "runs/quick"
 spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 knn_k = 5
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("03_cssl_pretraining"))
 
 # %%
 import matplotlib.pyplot as plt
@@ -166,5 +184,40 @@ plt.show()
 # 2. Set `cssl: data: snrs: [0.03]`: which method suffers most?
 # 3. Set MoCo's queue to 16 (`cssl: pretrain: ssl: {moco_queue: 16}`): fewer negatives per step — what happens to the loss scale?
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: the edit, then this run's numbers to predict from: how far the loss fell and how far the k-NN
+# accuracy is above chance. The contrastive loss keeps falling as the task (find your own view) gets easier;
+# the k-NN accuracy rises only as far as what separates views also separates classes.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cssl": {"sweep": {"inits": ["random", "moco"]}, "pretrain": {"train": {"epochs": 10}}}}, only="03")
+ends = curves.sort_values("epoch").groupby(["snr", "method"]).loss.agg(["first", "last"])
+print("loss at the first and the last epoch of this run:\n", ends.round(3).to_string())
+print("k-NN accuracy minus chance:\n", (probe.groupby(["snr", "init"]).knn_val_acc.mean() - 1 / len(first.classes)).round(3).to_string())
+# %% tags=["solution", "hide-cell"]
+# Solution 2: the edit; in this run, how much each method's k-NN accuracy changes from the cleanest to the noisiest
+# SNR (a method that leans on fine detail loses most; at one SNR there is nothing to compare).
+from cryonb.nb import try_profile
+
+try_profile(run, {"cssl": {"data": {"snrs": [0.03]}}}, only="03")
+by_snr = probe.groupby(["init", "snr"]).knn_val_acc.mean().unstack("snr")
+if by_snr.shape[1] > 1:
+    print("k-NN accuracy, noisiest minus cleanest SNR:\n", (by_snr[by_snr.columns.min()] - by_snr[by_snr.columns.max()]).round(3).to_string())
+else:
+    print(f"this profile has one SNR ({by_snr.columns[0]:g}); run the edit to see")
+# %% tags=["solution", "hide-cell"]
+# Solution 3: InfoNCE is a (K + 1)-way classification, so a model that guesses starts near log(K + 1) with K
+# negatives: a smaller queue lowers the loss scale without the model being better.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cssl": {"pretrain": {"ssl": {"moco_queue": 16}}}}, only="03")
+queue = cssl.pretrain.ssl.moco_queue
+moco_start = curves[(curves.method == "moco") & (curves.epoch == curves.epoch.min())].loss.mean() if "moco" in set(curves.method) else float("nan")
+print(f"log(K + 1): {np.log(queue + 1):.2f} with this run's queue {queue}, {np.log(17):.2f} with 16; "
+      f"this run's first-epoch MoCo loss {moco_start:.2f}")
+
+# %% [markdown]
 # ## Further reading
 # He et al. 2020 (MoCo); Chen et al. 2020 (SimCLR, MoCo v2); Caron et al. 2020 (SwAV); Gupta et al. 2022, section 3.

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 04 · Fine-tuning with few labels: the CSSL paper's accuracy tables
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/04_finetuning_tables.ipynb)
+#
 # **What you will do:** fine-tune the RB3D classifier from four starting points (random weights, and the
 # MoCo, SimCLR and SwAV encoders of notebook 03) on 25 / 50 / 75 / 100 % of the labelled training split,
 # several runs each, keep the model with the best validation accuracy and score it on the test split.
@@ -52,6 +54,22 @@ results_dir = "results/quick"
 work_dir = "runs/quick"
 spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 num_threads = 0  # torch CPU threads; 0 keeps torch's default (1 can be much faster on a busy machine)
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("04_finetuning_tables"))
 
 # %%
 import time
@@ -161,6 +179,40 @@ timing
 #    depend on the list of cells): check the wall time table.
 # 3. Set `cssl: data: snrs: [0.03]`. Predict which initialisation loses the most accuracy.
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: the edit, and the step count behind the hint: SGD at 5e-4 moves the weights a little per step, so
+# it needs many steps; compare this profile's optimiser steps with the paper's 50 epochs of 300 samples per class.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cssl": {"finetune": {"train": {"optimizer": "sgd", "lr": 5.0e-4}}}}, only="04")
+ds_first = next(iter(datasets.values()))
+per_class = len(ds_first.indices(split="train")) / n_classes
+print(f"this profile: {per_class:.0f} training samples per class × {train_cfg.epochs} epochs; "
+      f"paper: 300 × 50, {300 * 50 / (per_class * train_cfg.epochs):.0f}× more sample presentations; chance {1 / n_classes:.2f}")
+# %% tags=["solution", "hide-cell"]
+# Solution 2: the edit; only the new (fraction) cells train. Their cost, from this run's wall times per run:
+from cryonb.nb import try_profile
+
+new_fractions = [f for f in (0.5, 0.75) if f not in cells.fractions]
+try_profile(run, {"cssl": {"sweep": {"fractions": sorted({*cells.fractions, *new_fractions})}}}, only="04")
+per_run_s = runs.groupby("fraction").wall_s.mean()
+slope = np.polyfit(per_run_s.index, per_run_s.values, 1) if len(per_run_s) > 1 else np.array([0.0, per_run_s.mean()])
+extra = sum(np.polyval(slope, f) for f in new_fractions) * len(snrs) * len(cells.inits) * cells.runs
+print(f"{len(new_fractions) * len(snrs) * len(cells.inits) * cells.runs} new runs, about {extra / 60:.1f} min (linear in the fraction)")
+# %% tags=["solution", "hide-cell"]
+# Solution 3: the edit; this run's accuracy lost between its cleanest and noisiest SNR, per initialisation, as a guide.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cssl": {"data": {"snrs": [0.03]}}}, only="04")
+by_init = runs.groupby(["init", "snr"]).test_acc.mean().unstack("snr")
+if by_init.shape[1] > 1:
+    print((by_init[by_init.columns.max()] - by_init[by_init.columns.min()]).rename("accuracy lost").round(3).to_string())
+else:
+    print(f"one SNR in this profile ({by_init.columns[0]:g}); run the edit to see")
+
+# %% [markdown]
 # ## Further reading
 # - Gupta et al. 2022, *Frontiers in Physiology*: the CSSL paper (Tables 1–2, fine-tuning settings).
 # - Newell & Deng 2020, *How useful is self-supervised pretraining for visual tasks?* (CVPR): when

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 05 · Is the gain significant? t-tests, effect sizes, Holm and power
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/05_significance.ipynb)
+#
 # **What you will do:** test each CSSL initialisation against random initialisation at every label fraction,
 # with the paper's two-tailed Student t-test, the paired t-test (runs share seeds and labelled subsets) and
 # Welch's test; attach effect sizes with 95 % confidence intervals, correct for the many comparisons (Holm)
@@ -36,6 +38,22 @@ work_dir = "runs/quick"
 spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
 alpha = 0.05
 metric = "test_acc"
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("05_significance"))
 
 # %%
 import numpy as np
@@ -194,6 +212,32 @@ loo.round(4)
 # 3. Shuffle the `run` column of the random-init rows (breaking the pairing) and recompute: which p-values
 #    change, and which do not?
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: n ∝ 1/d², so doubling the effect needs about a quarter of the runs.
+d = float(comparison["hedges_g"].abs().replace(0, np.nan).dropna().median())
+print(f"d = {d:.2f}: {runs_needed(d):.1f} runs per group; 2d: {runs_needed(2 * d):.1f} (ratio {runs_needed(d) / runs_needed(2 * d):.1f})")
+# %% tags=["solution", "hide-cell"]
+# Solution 2: an interval's width shrinks as 1/sqrt(n): from n runs to n_new it becomes sqrt(n / n_new) as wide.
+from cryonb.nb import try_profile
+
+n_now = run.spec.cssl.sweep.runs
+n_new = 5 if n_now < 5 else 2 * n_now
+try_profile(run, {"cssl": {"sweep": {"runs": n_new}}}, only="04 05")
+width = (comparison["g_ci_high"] - comparison["g_ci_low"]).dropna()
+print(f"mean width of the hedges_g intervals now (n = {n_now}): {width.mean():.2f}; predicted at n = {n_new}: {width.mean() * np.sqrt(n_now / n_new):.2f}")
+# %% tags=["solution", "hide-cell"]
+# Solution 3: shifting the run labels of random initialisation by one breaks the pairing: the paired test changes,
+# Student's and Welch's (which ignore the pairing) do not.
+shuffled = runs.copy()
+for _, idx in shuffled[shuffled["init"] == "random"].groupby(["snr", "fraction"]).groups.items():
+    shuffled.loc[idx, "run"] = np.roll(shuffled.loc[idx, "run"].to_numpy(), 1)  # a shift: no run keeps its partner
+again = compare_inits(shuffled, metric=metric, alpha=alpha)
+changed = {t: float((again[f"p_{t}"] - comparison[f"p_{t}"]).abs().max()) for t in ("student", "welch", "paired")}
+print("largest change of each p-value after shuffling:", {k: round(v, 4) for k, v in changed.items()})
+
+# %% [markdown]
 # ## Further reading
 # - Student 1908, *The probable error of a mean*, Biometrika 6:1–25 (the sleep data used in our tests).
 # - Holm 1979, *A simple sequentially rejective multiple test procedure*, Scand. J. Statist. 6:65–70.

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 06 · Grad-CAM: does the MoCo-pretrained classifier look at wider regions?
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/06_gradcam.ipynb)
+#
 # **What you will do:** compute 3-D Grad-CAM maps (captum's `LayerGradCam` on RB3D's last Conv3d, upsampled
 # trilinearly to 32³) for the same test subtomograms under the MoCo-initialised and the randomly initialised
 # classifiers of notebook 04, draw orthogonal-slice overlays, and turn the paper's "wider regions" into numbers.
@@ -39,6 +41,22 @@ fraction = 1.0  # label fraction of the compared models
 run_index = 0  # which run's models
 n_volumes = 40  # test subtomograms (stratified by class)
 num_threads = 0  # torch CPU threads; 0 keeps torch's default (1 can be much faster on a busy machine)
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("06_gradcam"))
 
 # %%
 import matplotlib.pyplot as plt
@@ -167,6 +185,36 @@ sanity.describe().round(3)
 # 3. Pass `layer=models["moco"].blocks[-1]` (the whole last residual block) to `grad_cam_3d`. Predict:
 #    wider or narrower maps than the last Conv3d alone?
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: the models fine-tuned with the fewest labels of the sweep, the same volumes, the same width metric.
+low = min(run.spec.cssl.sweep.fractions)
+low_models = {init: cssl_experiment.load_finetuned(run.spec, run.work_dir, snr, init, low, run_index) for init in compare}
+low_width = {init: float(np.nanmean(cam_metrics(grad_cam_3d(m, x, target=y), masks)["half_max_fraction"])) for init, m in low_models.items()}
+full_width = {init: float(np.nanmean(metrics[init]["half_max_fraction"])) for init in compare}
+print(f"half-max fraction at {low:.0%} labels: {low_width}; at {fraction:.0%}: {full_width}")
+print(f"{compare[0]} / {compare[1]} width ratio: {low_width[compare[0]] / low_width[compare[1]]:.2f} at {low:.0%}, "
+      f"{full_width[compare[0]] / full_width[compare[1]]:.2f} at {fraction:.0%}")
+# %% tags=["solution", "hide-cell"]
+# Solution 2: explaining the predicted class changes only the misclassified volumes (for the others it is the true class).
+for init, m in models.items():
+    wrong = (m(x).argmax(1) != y).numpy()
+    if not wrong.any():
+        print(f"{init}: no misclassified volume among these {len(y)}")
+        continue
+    predicted = cam_metrics(grad_cam_3d(m, x, target=None), masks)[wrong]
+    true_cls = metrics[init][wrong]
+    print(f"{init}, {int(wrong.sum())} misclassified: mask_mass_fraction {np.nanmean(true_cls.mask_mass_fraction):.3f} (true class) "
+          f"-> {np.nanmean(predicted.mask_mass_fraction):.3f} (predicted class)")
+# %% tags=["solution", "hide-cell"]
+# Solution 3: the whole last block ends in its own output (after the residual sum): its maps mix the block's input
+# and are usually at least as wide as the last convolution's.
+block_cam = grad_cam_3d(models[compare[0]], x, target=y, layer=models[compare[0]].blocks[-1])
+print(f"{compare[0]} half-max fraction: last Conv3d {np.nanmean(metrics[compare[0]]['half_max_fraction']):.3f}, "
+      f"last residual block {np.nanmean(cam_metrics(block_cam, masks)['half_max_fraction']):.3f}")
+
+# %% [markdown]
 # ## Further reading
 # - Selvaraju et al. 2017, *Grad-CAM: visual explanations from deep networks via gradient-based localization* (ICCV).
 # - Adebayo et al. 2018, *Sanity checks for saliency maps* (NeurIPS).

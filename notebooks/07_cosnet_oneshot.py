@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 07 · COS-Net: one-shot classification of unseen macromolecules
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/07_cosnet_oneshot.ipynb)
+#
 # **What you will do:** train the Siamese COS-Net of the second paper on *episodes* drawn from the seen
 # classes of the simulated data set, then classify subtomograms of classes the network never saw,
 # given a single example per class (n-way 1-shot), and compare the paper's four variants (SCNN vs
@@ -42,6 +44,22 @@ profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
 spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("07_cosnet_oneshot"))
 
 # %%
 import time
@@ -303,6 +321,35 @@ timing_table
 # 3. Set `cosnet: evaluation: k_shots: [1, 5]`: how much of the SNR 0.5 loss do five shots recover for COS-Net
 #    and for the voxel prototype baseline?
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: the edit; this run's accuracy against chance 1/n for each n-way it evaluated. "Normalised" rescales
+# chance to 0 and perfect to 1: if it stays flat as n grows, the embedding separates classes, and only chance fell.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cosnet": {"evaluation": {"n_ways": [2, 3, 4, 5]}}}, only="07")
+curve = acc[(acc.method == main_variant) & (acc.k_shot == 1)].groupby(["snr", "n_way"]).accuracy.mean().reset_index()
+curve["chance"] = 1 / curve.n_way
+curve["normalised"] = (curve.accuracy - curve.chance) / (1 - curve.chance)
+curve.round(3)
+# %% tags=["solution", "hide-cell"]
+# Solution 2: the edit; one model per training scheme. A model trained on 5-way episodes has practised telling five
+# classes apart at once, so it usually wins at 5-way; the 2-way model can still win if 2-way training is easier to fit.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cosnet": {"evaluation": {"train_n_ways": [2, 5]}}}, only="07")
+print(f"this run trains n-way {list(ev.train_n_ways)}; its 1-shot accuracy at {max(n_ways)}-way:",
+      acc[(acc.method == main_variant) & (acc.k_shot == 1) & (acc.n_way == max(n_ways))][["snr", "accuracy"]].round(3).to_dict("records"))
+# %% tags=["solution", "hide-cell"]
+# Solution 3: the edit; more shots average the noise of the support: the gain is largest where the support is noisiest.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cosnet": {"evaluation": {"k_shots": sorted({*k_shots, 1, 5})}}}, only="07")
+shots = acc[acc.method.isin([main_variant, "prototype on voxels"])].pivot_table(index=["method", "snr", "n_way"], columns="k_shot", values="accuracy")
+print(shots.round(3).to_string() if shots.shape[1] > 1 else f"this profile evaluates k_shots {k_shots} only: run the edit to see")
+
+# %% [markdown]
 # ## Further reading
 # - Zhou et al., *One-shot learning with attention-guided segmentation in cryo-electron tomography*
 #   (COS-Net), Front. Mol. Biosci. 2021 — `../shared/papers/001_*`.

@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 08 · COS-Net segmentation of unseen classes, refined by a 3-D dense CRF
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/08_cosnet_segmentation.ipynb)
+#
 # **What you will do:** take the COS-Net models trained in notebook 07 (reused from the cache, trained
 # here if absent), segment subtomograms of the *unseen* classes with the volume decoder, refine each
 # mask with a fully connected 3-D CRF, and measure the Dice coefficient per class before and after the
@@ -41,6 +43,22 @@ profile = "quick"
 results_dir = "results/quick"
 work_dir = "runs/quick"
 spec = None  # the experiment spec; None reads params/<profile>.yaml (the runner passes it in)
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("08_cosnet_segmentation"))
 
 # %%
 import time
@@ -166,6 +184,20 @@ fig.suptitle(f"{seg_models[0][0]}, SNR {snr_label(s_g)}: central z slice")
 run.save_figure(fig, "gallery")
 
 # %% [markdown]
+# ## One volume from three sides
+# The gallery's first volume in the orthoslice viewer (`cryonb.viewer.view_volume`): the subtomogram with the
+# COS-Net + CRF mask (red contour) in x–y, x–z and y–z slices. In JupyterLab or on Colab, sliders move the slices.
+
+# %%
+from cryonb.viewer import view_volume
+
+k_view, i_view = keys[0], first[0]
+fig = view_volume(datasets[s_g].volumes[seg_rows[i_view]], refined[k_view][i_view].numpy(),
+                  title=f"{names[labels[seg_rows[i_view]]]}: COS-Net {k_view[2]}-way + CRF mask, SNR {snr_label(s_g)}")
+run.save_figure(fig, "orthoslices")
+plt.show()
+
+# %% [markdown]
 # ## What a mask is: two rules
 # The COS-Net paper does not say how its ground-truth masks were made. A mask that keeps the molecule's volume
 # of the *full-resolution* potential (1.21 Å³ per Da) is fragmented at 10 Å voxels for elongated or hollow
@@ -224,6 +256,38 @@ timing_table
 # 3. Set `cosnet: evaluation: train_n_ways: [2, 5]` (notebook 07 trains the extra models): do masks from the
 #    5-way model differ from the 2-way model's? (The paper reports them as nearly identical.)
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: the edit; this run's sweep at the noisiest SNR: which pairs it rejected and where Dice went as the
+# smoothness weight grew. At low SNR the unary term is weak, so strong smoothing wins over it and erases the molecule.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cosnet": {"crf": {"w_spatial": [0.0, 1.0, 3.0]}}}, only="08")
+noisiest = min(sweep.snr.unique(), key=float)
+sweep[sweep.snr == noisiest][["w_bilateral", "w_spatial", "dice", "rejected"]].round(3)
+# %% tags=["solution", "hide-cell"]
+# Solution 2: the edit; this run's CRF gain per SNR, to compare the edit with. The bilateral term follows intensity
+# edges, which exist only where the signal is clean: expect it to help more at high SNR.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cosnet": {"crf": {"sigma_int": 0.3}}}, only="08")
+(dice_df.dice_after - dice_df.dice_before).groupby(dice_df.snr).mean().rename("mean Dice gain of the CRF").round(4)
+# %% tags=["solution", "hide-cell"]
+# Solution 3: the edit; masks of models trained with different n-way compared voxel by voxel (Dice between them).
+from cryonb.nb import try_profile
+
+from cryonb.metrics import dice
+
+try_profile(run, {"cosnet": {"evaluation": {"train_n_ways": [2, 5]}}}, only="07 08")
+by_way = {k[2]: probs[k] > 0.5 for k in keys}
+if len(by_way) > 1:
+    ways = sorted(by_way)
+    print(f"Dice between the {ways[0]}-way and {ways[-1]}-way masks: {float(dice(by_way[ways[0]], by_way[ways[-1]]).mean()):.3f}")
+else:
+    print(f"this profile trains one n-way ({list(by_way)}): run the edit to compare")
+
+# %% [markdown]
 # ## Further reading
 # - Krähenbühl & Koltun, *Efficient inference in fully connected CRFs with Gaussian edge potentials*, NeurIPS 2011.
 # - Paris & Durand, *A fast approximation of the bilateral filter using a signal processing approach*, ECCV 2006 (the bilateral grid used here).

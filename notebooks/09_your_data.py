@@ -14,6 +14,8 @@
 # %% [markdown]
 # # 09 · Your own tomogram: extract, classify, one-shot
 #
+# [![Open In Colab](https://colab.research.google.com/assets/colab-badge.svg)](https://colab.research.google.com/github/cryonb/cryonb/blob/main/results/quick/09_your_data.ipynb)
+#
 # **What you will do:** walk the path a user takes with their own data, on a small tomogram whose truth we
 # know: simulate a "real-looking" tomogram from bundled structures (random positions and orientations,
 # missing wedge, CTF, detector, noise) at a voxel size of 6.8 Å, write it as MRC with a RELION-style STAR
@@ -56,6 +58,22 @@ n_particles = 36  # picks whose box lies inside the tomogram
 n_border = 3  # extra picks near the x/y edges, to show the border flag
 cosnet_snr = 0.5  # which of notebook 07's main-variant models to use (an SNR of the spec's cosnet.evaluation.main_snrs)
 n_show = 4  # boxes in the mask figure
+
+# %% tags=["colab", "hide-cell"]
+# On Google Colab only (anywhere else this cell does nothing): fetch cryonb, install it beside Colab's own torch,
+# and switch to the smoke profile (quick on a GPU runtime) with results and checkpoints under /content/cryonb.
+import os
+import subprocess
+import sys
+
+if "google.colab" in sys.modules or "COLAB_RELEASE_TAG" in os.environ:
+    if not os.path.isdir("/content/cryonb"):
+        subprocess.run(["git", "clone", "--depth", "1", "https://github.com/cryonb/cryonb.git", "/content/cryonb"], check=True)
+    sys.path.insert(0, "/content/cryonb")
+    os.chdir("/content/cryonb")
+    from cryonb.colab import setup
+
+    globals().update(setup("09_your_data"))
 
 # %%
 import os
@@ -164,6 +182,17 @@ for col, (vol, what) in enumerate([(tomo.volume, "tomogram"), (tomo.potential, "
 axes[0, 0].scatter(truth.x, truth.y, s=12, c="tab:cyan", marker="+", linewidths=0.8)
 fig.tight_layout()
 run.save_figure(fig, "tomogram_slices")
+
+# %% [markdown]
+# The tomogram in the orthoslice viewer (`cryonb.viewer.view_volume`): in JupyterLab or on Colab, sliders move the
+# three slices through the volume; an executed copy (and the course site) shows the slices through its centre.
+
+# %%
+from cryonb.viewer import view_volume
+
+fig = view_volume(tomo.volume, title=f"tomogram, {tomo.voxel_size_a:g} Å voxels")
+run.save_figure(fig, "tomogram_orthoslices")
+plt.show()
 
 # %% [markdown]
 # ## 2 · Extract subtomograms
@@ -362,6 +391,16 @@ for j, i in enumerate(show):
 axes[0, 0].set_ylabel("tomogram box")
 axes[1, 0].set_ylabel("potential")
 run.save_figure(fig, "oneshot_masks")
+
+# %% [markdown]
+# One box and its COS-Net mask from three sides (sliders in a live notebook).
+
+# %%
+i_view = show[0]
+fig = view_volume(subtomos.volumes[i_view], None if masks is None else masks[i_view],
+                  title=f"box {i_view}: {truth.pdb_id[i_view]} → {shot.predicted[i_view]}, red: COS-Net mask")
+run.save_figure(fig, "box_orthoslices")
+plt.show()
 
 # %%
 # the same model on a few simulated subtomograms of the same classes, whose true masks are known
@@ -572,6 +611,40 @@ if fixture_note:
 #    and run `python -m cryonb run --profile try --only 09` (the classifier is retrained for it, COS-Net is not).
 #    Which model loses more, and why is that a question about training data rather than about the architecture?
 #
+# *Answer keys*: the folded cells below, one per exercise (predict first, then open them).
+
+# %% tags=["solution", "hide-cell"]
+# Solution 1: the crop is the tomogram voxels that span the models' box; at 13.6 Å it is smaller than the box, so
+# Fourier padding interpolates it up: no detail finer than the tomogram's Nyquist (2 × 13.6 Å) appears.
+for v_a in (tomo_voxel_size_a, 10.0, 13.6):
+    print(f"{v_a:g} Å: crop {crop_size(box, voxel_size_a, v_a)}³ -> box {box}³; finest detail kept 1/{2 * max(v_a, voxel_size_a):.1f} Å")
+# %% tags=["solution", "hide-cell"]
+# Solution 2: three interior boxes per class as the support (their embeddings are averaged), queries exclude them all.
+support3_dir = folder / "support3"
+support3_of = {c: [int(i) for i in truth.index[(truth.pdb_id == c) & ~truth.near_border][:3]] for c in classes}
+for c, rows3 in support3_of.items():
+    (support3_dir / c).mkdir(parents=True, exist_ok=True)
+    for i in rows3:
+        shutil.copy(folder / "subtomos" / meta.mrc[i], support3_dir / c)
+support3 = read_support(support3_dir, box, subtomos.voxel_size_a)
+shot3, _ = oneshot_predict(cos_ckpt, subtomos, support3)
+query3 = inside & ~np.isin(np.arange(len(shot3)), [i for rows3 in support3_of.values() for i in rows3])
+id3 = np.array([support3.names.index(p) for p in shot3.predicted])
+true3 = np.array([support3.names.index(str(c)) for c in truth.pdb_id])
+if query3.any():
+    print(f"accuracy with 1 example per class {oneshot_acc:.3f}, with 3: {float(np.mean(id3[query3] == true3[query3])):.3f} "
+          f"({int(query3.sum())} queries); chance {1 / len(support3.names):.3f}")
+else:
+    print(f"this tomogram has too few interior boxes per class ({n_particles} picks) to keep queries beside 3 examples each: raise n_particles")
+# %% tags=["solution", "hide-cell"]
+# Solution 3: the edit. Both models see the same boxes; the classifier was trained at one SNR, so its accuracy on a
+# tomogram depends on how close that SNR is to the tomogram's: a question of training data, not of architecture.
+from cryonb.nb import try_profile
+
+try_profile(run, {"cssl": {"classifier": {"snr": 0.1}}}, only="09")
+print(f"this run: classifier trained at SNR {snr:g}, tomogram at SNR {tomo.snr_measured:.3g}; COS-Net trained at SNR {cosnet_snr:g}")
+
+# %% [markdown]
 # ## Further reading
 # - `python -m cryonb extract --help`, `classify --help`, `oneshot --help`: every option and output file.
 # - Notebooks 04 (RB3D fine-tuning) and 07–08 (COS-Net one-shot and masks) for how the models are trained.

@@ -14,7 +14,8 @@ def _name(spec: str) -> str:
 
 def _pyproject_specs() -> dict[str, str]:
     project = tomllib.loads((repo_root() / "pyproject.toml").read_text())["project"]
-    specs = project["dependencies"] + project["optional-dependencies"]["dev"]
+    # the extras every conda user gets: tests, and the course site (`make book`, its browser test)
+    specs = project["dependencies"] + project["optional-dependencies"]["dev"] + project["optional-dependencies"]["book"]
     return {_name(s): s.replace(" ", "") for s in specs}
 
 

@@ -1,6 +1,7 @@
 """Notebooks and profiles agree: one tagged parameters cell, knobs only (every setting in the spec), and a
 notebook opened by hand has exactly the defaults of params/quick.yaml, so it trains what `make reproduce` trains."""
 
+import re
 from pathlib import Path
 
 import jupytext
@@ -144,3 +145,35 @@ def test_profile_names_cannot_leave_params() -> None:
 
 def test_no_committed_ipynb_sources() -> None:
     assert not list((repo_root() / "notebooks").glob("*.ipynb")) or (repo_root() / ".gitignore").read_text().count("notebooks/*.ipynb")
+
+
+def exercises_and_solutions(path: Path) -> tuple[list[int], list[int]]:
+    """The numbered exercises of a notebook's *Try it yourself* cell, and the numbers of the answer-key cells
+    (tagged ``solution``, starting ``# Solution N``) between it and the next markdown cell."""
+    cells = jupytext.read(path).cells
+    at = next(i for i, c in enumerate(cells) if c.cell_type == "markdown" and "## Try it yourself" in c.source)
+    exercises = [int(m) for m in re.findall(r"^(\d+)\. ", cells[at].source.split("## Try it yourself", 1)[1], flags=re.M)]
+    solutions = []
+    for cell in cells[at + 1:]:
+        if cell.cell_type == "markdown":
+            break
+        assert "solution" in cell.metadata.get("tags", []) and "hide-cell" in cell.metadata.get("tags", []), \
+            f"{path.name}: a cell after 'Try it yourself' is not tagged solution + hide-cell:\n{cell.source[:200]}"
+        match = re.match(r"# Solution (\d+)", cell.source)
+        assert match, f"{path.name}: an answer key does not start with '# Solution N':\n{cell.source[:200]}"
+        solutions.append(int(match.group(1)))
+    return exercises, solutions
+
+
+@pytest.mark.parametrize("path", NOTEBOOKS, ids=lambda p: p.stem)
+def test_every_exercise_has_an_answer_key(path: Path) -> None:
+    exercises, solutions = exercises_and_solutions(path)
+    assert exercises, f"{path.name}: no numbered exercise under 'Try it yourself'"
+    assert solutions == exercises, f"{path.name}: exercises {exercises}, answer keys {solutions}"
+
+
+def test_a_missing_answer_key_is_found(tmp_path: Path) -> None:
+    source = next(p for p in NOTEBOOKS if p.stem == "05_significance")
+    planted = tmp_path / source.name
+    planted.write_text(source.read_text().replace("# Solution 3", "# Solution 4", 1))
+    assert exercises_and_solutions(planted) == ([1, 2, 3], [1, 2, 4])
