@@ -28,7 +28,7 @@ help:
 	@echo "make reproduce [PROFILE=quick|paper|smoke] [ONLY='03 04'] [MAX_MINUTES=9]   run the notebooks -> results/<profile>/"
 	@echo "make test                                                   unit tests + smoke run of every notebook"
 	@echo "make book [PROFILE=quick]                                   the course site from results/<profile>/ -> site/ (executes nothing)"
-	@echo "make test-book                                              build the site and load every page in headless Chromium"
+	@echo "make test-book [PROFILE=quick]                              make book, then every page in headless Chromium + screenshots"
 	@echo "make lab                                                    JupyterLab on notebooks/ (.py files open as notebooks)"
 	@echo "make bench                                                  benchmarks/*.py"
 	@echo "make clean                                                  remove generated data, runs and smoke results"
@@ -60,7 +60,7 @@ test-fast: $(STAMP)
 	$(PY) -m pytest -m "not notebooks" $(PYTEST_ARGS)
 
 test-book: $(STAMP)
-	$(PY) -m pytest tests/test_book.py $(PYTEST_ARGS)
+	$(PY) -m cryonb book --profile $(PROFILE) --check
 
 book: $(STAMP)
 	$(PY) -m cryonb book --profile $(PROFILE)

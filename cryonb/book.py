@@ -30,6 +30,7 @@ import nbformat
 
 from cryonb.colab import BADGE_IMAGE, badge_markdown, colab_url
 from cryonb.errors import CryoNBError
+from cryonb.outputs import check_output_folder, output_folder
 from cryonb.paths import repo_root
 
 __all__ = ["COLAB_TAG", "SOLUTION_TAG", "BuildResult", "build_site", "claims_table", "page_notebook", "readme_section"]
@@ -327,12 +328,15 @@ def _offline_env() -> dict[str, str]:
     return env
 
 
-def build_site(profile: str = "quick", out_dir: Path | None = None) -> BuildResult:
+def build_site(profile: str = "quick", out_dir: Path | None = None, overwrite: bool = False) -> BuildResult:
     """Build the site of ``results/<profile>/`` into ``out_dir`` (default ``site/``), replacing it when complete.
 
-    Sphinx warnings are errors (a broken link or a missing image fails the build, not the reader).
+    Sphinx warnings are errors (a broken link or a missing image fails the build, not the reader). ``out_dir`` is an
+    output folder of :mod:`cryonb.outputs`: one we did not write is refused unless ``overwrite``, and the user's other
+    files there are kept.
     """
-    out = out_dir or repo_root() / "site"
+    out = Path(out_dir) if out_dir is not None else repo_root() / "site"
+    check_output_folder(out, "book", (), overwrite=overwrite)  # before Sphinx spends its seconds
     start = time.perf_counter()
     with tempfile.TemporaryDirectory(prefix="cryonb-book-") as tmp:
         src, html = Path(tmp) / "src", Path(tmp) / "html"
@@ -342,8 +346,9 @@ def build_site(profile: str = "quick", out_dir: Path | None = None) -> BuildResu
         done = subprocess.run(cmd, env=_offline_env(), capture_output=True, text=True, check=False)
         if done.returncode != 0:
             raise CryoNBError(f"sphinx-build failed (exit {done.returncode}):\n{done.stderr[-4000:]}")
-        if out.exists():
-            shutil.rmtree(out)
-        shutil.copytree(html, out)
+        built = sorted(html.iterdir())
+        with output_folder(out, "book", {p.name for p in built}, overwrite=overwrite) as staged:
+            for entry in built:
+                shutil.move(entry, staged / entry.name)
     pages = sorted(p for p in out.rglob("*.html") if "_static" not in p.relative_to(out).parts)
     return BuildResult(out, pages, time.perf_counter() - start, unexecuted)

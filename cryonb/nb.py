@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+import yaml
 
 from cryonb.device import configure_threads, pick_device, wait_policy_applied
 from cryonb.io import atomic_path, write_text_atomic
@@ -150,8 +151,6 @@ def try_profile(run: Run, changes: dict[str, Any], only: str, name: str = "try")
     Writes nothing; returns the validated spec, so an answer key can inspect what would change. A setting that does
     not exist raises :class:`~cryonb.CryoNBError` naming it, so an exercise that asks for one fails its test.
     """
-    import yaml
-
     base = load_profile(run.profile).raw_spec
     spec = Spec.from_dict(_merged(base, changes), f"params/{name}.yaml")
     print(f"cp params/{run.profile}.yaml params/{name}.yaml   # then change these entries:")

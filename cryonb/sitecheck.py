@@ -28,9 +28,12 @@ from pathlib import Path
 from typing import Any
 from urllib.parse import unquote, urldefrag, urlparse
 
-from cryonb.errors import CryoNBError
+import nbformat
 
-__all__ = ["Browser", "PageReport", "check_site", "find_chromium", "serve"]
+from cryonb.errors import CryoNBError
+from cryonb.io import atomic_path
+
+__all__ = ["Browser", "PageReport", "check_book", "check_site", "find_chromium", "output_figures", "serve"]
 
 CHROMIUM_NAMES = ("chromium", "chromium-browser", "google-chrome", "google-chrome-stable")
 #: what the page reports once it has loaded: images (after forcing lazy ones to load), links, figures in outputs
@@ -165,7 +168,8 @@ class Browser:
     def screenshot(self, target: Path) -> Path:
         data = self.send("Page.captureScreenshot", {"format": "png"}, session=True)["data"]
         target.parent.mkdir(parents=True, exist_ok=True)
-        target.write_bytes(base64.b64decode(data))
+        with atomic_path(target) as tmp:
+            tmp.write_bytes(base64.b64decode(data))
         return target
 
 
@@ -265,3 +269,20 @@ def check_site(site: Path, pages: list[Path], expected_figures: Mapping[Path, in
             report.seconds = time.perf_counter() - start
             reports.append(report)
     return reports
+
+
+def output_figures(executed: Path) -> int:
+    """How many figures (PNG outputs) the executed notebook ``executed`` holds: its page must show as many."""
+    nb = nbformat.read(executed, as_version=4)
+    return sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
+
+
+def check_book(site: Path, pages: list[Path], results_dir: Path, screenshots_dir: Path) -> list[PageReport]:
+    """Check a site built from ``results_dir`` (:func:`cryonb.book.build_site`): every notebook page shows its
+    notebook's figures; screenshots of the landing page and notebook 01 (at its first figure) go to ``screenshots_dir``.
+    """
+    expected = {p: output_figures(results_dir / f"{p.stem}.ipynb") for p in pages if p.parent.name == "notebooks"}
+    shots = {site / "index.html": screenshots_dir / "landing.png",
+             site / "notebooks" / "01_simulation.html": screenshots_dir / "notebook-01_simulation.png"}
+    screenshots_dir.mkdir(parents=True, exist_ok=True)
+    return check_site(site, pages, expected, {page: png for page, png in shots.items() if page in pages})

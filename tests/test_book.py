@@ -134,11 +134,6 @@ def site(tmp_path_factory: pytest.TempPathFactory):
     return result
 
 
-def _expected_figures(page: Path) -> int:
-    nb = nbformat.read(RESULTS / f"{page.stem}.ipynb", as_version=4)
-    return sum(1 for c in nb.cells if c.cell_type == "code" for o in c.get("outputs", []) if "image/png" in o.get("data", {}))
-
-
 @browser
 @pytest.mark.book
 def test_site_has_every_page(site) -> None:
@@ -152,22 +147,21 @@ def test_site_has_every_page(site) -> None:
 
 @browser
 @pytest.mark.book
-def test_every_page_loads_cleanly_in_chromium(site) -> None:
-    from cryonb.sitecheck import check_site
+def test_every_page_loads_cleanly_in_chromium(site, tmp_path: Path) -> None:
+    from cryonb.sitecheck import check_book, output_figures
 
-    shots = RESULTS / "site-screenshots"
-    notebook_pages = [p for p in site.pages if p.parent.name == "notebooks"]
-    expected = {p: _expected_figures(p) for p in notebook_pages}
-    assert all(n > 0 for n in expected.values()), f"an executed notebook holds no figure: {expected}"
+    notebooks = sorted(RESULTS.glob("[0-9][0-9]_*.ipynb"))
+    figures = {p.stem: output_figures(p) for p in notebooks}
+    assert notebooks and all(n > 0 for n in figures.values()), f"an executed notebook holds no figure: {figures}"
     start = time.perf_counter()
-    reports = check_site(site.out_dir, site.pages, expected,
-                         {site.out_dir / "index.html": shots / "landing.png",
-                          site.out_dir / "notebooks" / "01_simulation.html": shots / "notebook-01_simulation.png"})
+    reports = check_book(site.out_dir, site.pages, RESULTS, tmp_path)  # `make test-book` writes results/<profile>/
     print(f"\n{len(reports)} pages checked in Chromium in {time.perf_counter() - start:.1f} s")
     problems = {r.url: r.problems for r in reports if r.problems}
     assert not problems, json.dumps(problems, indent=1)
+    shown = {Path(r.url).stem: r.figures for r in reports if "/notebooks/" in r.url}
+    assert all(shown[stem] >= n for stem, n in figures.items()), (shown, figures)
     for png in ("landing.png", "notebook-01_simulation.png"):
-        data = (shots / png).read_bytes()
+        data = (tmp_path / png).read_bytes()
         assert data[:8] == b"\x89PNG\r\n\x1a\n" and len(data) < 400_000, f"{png}: not a small PNG ({len(data)} bytes)"
 
 
@@ -188,3 +182,12 @@ def test_the_checker_finds_planted_faults(tmp_path: Path) -> None:
     for fault in ("missing image", "broken internal link", "broken anchor", "JavaScript exception", "request outside the site",
                   "0 figures shown"):
         assert fault in found, f"{fault!r} not reported in:\n{found}"
+
+
+def test_book_refuses_a_folder_it_did_not_write(tmp_path: Path) -> None:
+    from cryonb.book import build_site
+
+    (tmp_path / "notes.txt").write_text("mine")
+    with pytest.raises(CryoNBError, match=r"notes.txt.*not written by `cryonb book`"):
+        build_site(PROFILE, tmp_path)
+    assert (tmp_path / "notes.txt").read_text() == "mine"
