@@ -32,7 +32,7 @@
 #
 # **What you need:** nothing beyond `make reproduce`. Data sets are cached in `data/generated/` by a
 # hash of their recipe, so later notebooks reuse them. Run time (2 CPU cores): smoke ≈ 40 s,
-# quick ≈ 0.5 min from nothing (4,800 subtomograms; measured 27 s), paper ≈ 2–3 min (15,000 CSSL +
+# quick ≈ 1–2 min from nothing (its measured time is in the wall-time table of `results/quick/REPORT.md`), paper ≈ 2–3 min (15,000 CSSL +
 # 4,500 COS-Net subtomograms at the ≈ 190 per second `benchmarks/bench_simulate.py` measures).
 #
 # NOTE: the CSSL paper's text lost its first SNR value; **0.1 is our assumption**.

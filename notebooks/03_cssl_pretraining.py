@@ -26,16 +26,14 @@
 # **What you need:** the CSSL data set of notebook 01 (made on demand). Checkpoints land in
 # `runs/<profile>/cssl/` and notebook 04 reuses them.
 #
-# Run time: quick ≈ 6.5 min on an idle 2-core CPU (measured 385 s; ≈ 2 min per method); smoke ≈ 20 s; paper: the paper's 200 epochs on a GPU.
+# Run time: quick ≈ 10–15 min on an idle 2-core CPU (measured each run: the wall-time table of `results/quick/REPORT.md`); smoke ≈ 20 s; paper: the paper's 200 epochs on a GPU.
 #
 # **What the quick profile can and cannot show.** The paper pre-trains for 200 epochs with Adam at 1e-4 on the
 # training split of each data set. A 2-core CPU trains a narrow RB3D at a few dozen pairs of views per second,
 # so the quick profile pre-trains far shorter and at a higher learning rate (the cell below prints the
 # settings this run uses, read from the spec `cssl.pretrain` of `params/<profile>.yaml`). It shows the machinery
 # working end to end and whether a short pre-training already moves the probes above random initialisation;
-# it cannot show the paper's converged embeddings. For scale: a logistic regression on each subtomogram's
-# radial density profile (no deep learning at all) reached about 60 % on the quick data set at SNR 0.1, so the
-# information is there.
+# it cannot show the paper's converged embeddings.
 
 # %% tags=["parameters"]
 profile = "quick"

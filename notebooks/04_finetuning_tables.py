@@ -27,14 +27,14 @@
 # **What you need:** the simulated CSSL data set and the encoders of notebook 03 (both are built here on
 # first use if missing, cached by content hash, so this notebook also runs on its own).
 #
-# **Run time (2 CPU cores):** smoke ≤ 40 s; quick ≈ 12 min (24 runs of 6 epochs on 80 or 300 volumes, RB3D
-# width 8 trains at ≈ 60 volumes/s on an idle machine; 20 min measured beside another job), plus notebook 03's pre-training if it has not run;
+# **Run time (2 CPU cores):** smoke ≤ 40 s; quick ≈ 10–15 min (the runs printed below, trained eight at a time;
+# measured each run: the wall-time table of `results/quick/REPORT.md`), plus notebook 03's pre-training if it has not run;
 # paper ≈ 3 SNR × 4 inits × 4 fractions × 5 runs × 50 epochs on 500 subtomograms per class: several GPU hours,
 # resumable by parts (rerun the notebook; finished runs are skipped).
 #
 # **What the quick profile can and cannot show.** The paper's 240 runs × 50 epochs are out of reach of 2 CPU
-# cores. The quick profile (printed below from the spec, `cssl.finetune` and `cssl.sweep`) runs one SNR, a
-# narrow RB3D (notebook 03's encoders), stratified caps on the training and validation splits, two label
+# cores. The quick profile (printed below from the spec, `cssl.finetune` and `cssl.sweep`) runs two of the
+# paper's SNRs, a narrow RB3D (notebook 03's encoders), stratified caps on the training and validation splits, two label
 # fractions, a few runs of a few epochs, and Adam instead of the paper's SGD at 5e-4 (SGD at the paper's rate
 # does not move the weights in a few epochs; SGD at 0.05 left every run at chance in our first quick run). It
 # shows the whole pipeline, the table layout, the spread of runs and the confusion matrices; its accuracies are

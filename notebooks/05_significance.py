@@ -28,7 +28,7 @@
 # missing, the same `cryonb` function that notebook 04 calls runs them, from the same spec).
 #
 # **Run time (2 CPU cores):** smoke ≤ 40 s, quick ≤ 1 min once notebook 04 has run, paper < 1 min.
-# With the quick profile's 3 runs the tests have very little power: expect wide intervals and large
+# With the quick profile's few runs the tests have little power: expect wide intervals and large
 # "runs needed"; that is the lesson, not a failure.
 
 # %% tags=["parameters"]

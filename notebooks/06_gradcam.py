@@ -28,7 +28,7 @@
 # **What you need:** notebook 04's fine-tuned models (its sweep is rerun here if missing; finished runs are reused).
 #
 # **Run time (2 CPU cores):** smoke ≤ 40 s, quick ≤ 2 min once notebook 04 has run, paper a few minutes.
-# In the quick profile the classifiers are briefly trained (6 epochs, width 8), so the maps show the method and
+# In the quick profile the classifiers are briefly trained (a few epochs, width 8), so the maps show the method and
 # the measurement, not the paper's finding.
 
 # %% tags=["parameters"]

@@ -29,7 +29,8 @@
 # **What you need:** the simulated COS-Net data set (built on first use by `cryonb.simulate`, cached).
 #
 # **Run time:** smoke ≤ 40 s (tiny model, a few steps: the numbers mean nothing, the pipeline runs);
-# quick ≈ 8 min on an idle 2-core CPU (measured 484 s: six models of ≈ 70 s each, then evaluation); paper ≈ 1–2 h on one GPU (all variants × all SNRs × per-n-way models).
+# quick ≈ 10–15 min on an idle 2-core CPU (the models printed below, trained eight at a time, then evaluation;
+# measured each run: the wall-time table of `results/quick/REPORT.md`); paper ≈ 1–2 h on one GPU (all variants × all SNRs × per-n-way models).
 #
 # **What the quick profile can and cannot show.** On 2 CPU cores a small 3-D CNN trains at roughly
 # 10–20 volumes/s, so the quick profile trains *narrow* networks for a few hundred episodes, all four variants

@@ -29,7 +29,7 @@
 # **What you need:** the simulated data set and, ideally, notebook 07 run first with the same
 # training parameters (the checkpoints are keyed by their content and shared).
 #
-# **Run time:** smoke ≤ 40 s; quick < 1 min on 2 CPU cores after notebook 07 (measured 38 s) (plus training time
+# **Run time:** smoke ≤ 40 s; quick ≈ 1 min on 2 CPU cores after notebook 07 (plus training time
 # when run alone); paper ≈ 15 min on one GPU.
 #
 # **What the quick profile can and cannot show.** Its networks are narrow and briefly trained (see

@@ -36,7 +36,7 @@
 # **What you need:** nothing: the tomogram, the RB3D classifier's training data and the COS-Net model are
 # built here on first use (cached by content hash; notebook 07's COS-Net is reused when it exists).
 #
-# **Run time (2 CPU cores):** smoke ≤ 40 s; quick ≈ 1.5 min when notebook 07's COS-Net exists (most of it
+# **Run time (2 CPU cores):** smoke ≤ 40 s; quick ≈ 1–2 min when notebook 07's COS-Net exists (most of it
 # training the small classifier), ≈ 2 min more to train that COS-Net when 07 has not run; paper: a few minutes
 # on one GPU for the classifier (2,000 subtomograms, 50 epochs), plus notebook 07's largest model if it is missing.
 #
