@@ -10,8 +10,8 @@ Public surface: :func:`load_manifest`, :func:`verify`, :func:`fetch`, :class:`Da
 - ``external``: public data a user may download; url (http or https) + path + sha256, or md5 where the
   publisher gives only that (Zenodo); ``data fetch`` then prints the sha256 to pin.
 
-Every path is relative to the repository root (or the ``root`` given) and must stay inside it, also
-after following symbolic links; ``verify`` and ``fetch`` never read or replace a device, pipe or socket.
+Every path is relative to the repository root (or the ``root`` given) and must stay inside its data folder
+``data/``, also after following symbolic links; ``verify`` and ``fetch`` never read or replace a device, pipe or socket.
 """
 
 from __future__ import annotations
@@ -33,6 +33,8 @@ __all__ = ["DataEntry", "VerifyResult", "load_manifest", "verify", "fetch", "sha
            "contained_path"]
 
 KINDS = ("bundled", "generated", "external")
+#: every manifest path lies below this folder of the repository (or of the ``root`` given)
+DATA_FOLDER = "data"
 
 
 @dataclass(frozen=True)
@@ -127,21 +129,23 @@ def _entry(raw: Any, index: int, source: Path) -> DataEntry:
 
 
 def _check_relative(path: str, where: str) -> None:
-    """Raise unless ``path`` is relative, names something below the root and has no '..' (any OS's spelling)."""
+    """Raise unless ``path`` is relative, below the data folder ``data/`` and has no '..' (any OS's spelling)."""
     posix, windows = PurePosixPath(path), PureWindowsPath(path)
-    if posix.is_absolute() or windows.is_absolute() or windows.drive or not posix.parts or ".." in windows.parts:
+    if (posix.is_absolute() or windows.is_absolute() or windows.drive or len(windows.parts) < 2
+            or windows.parts[0] != DATA_FOLDER or ".." in windows.parts):
         raise CryoNBError(
-            f"{where}: path {path!r} must stay inside the repository: expected a relative path like "
-            "data/external/NAME, without '..'"
+            f"{where}: path {path!r} must stay inside the data folder: expected a relative path like "
+            f"{DATA_FOLDER}/external/NAME, without '..'"
         )
 
 
 def contained_path(entry: DataEntry, root: Path | None = None) -> Path:
-    """``entry``'s path under ``root`` (default: the repository); raises if it leads outside, links included."""
-    base = (root if root is not None else repo_root()).resolve()
+    """``entry``'s path under ``root``'s data folder (default root: the repository); raises if it leads outside,
+    links included."""
+    base = ((root if root is not None else repo_root()) / DATA_FOLDER).resolve()
     path = entry.resolved_path(root)
     real = path.resolve()  # follows every symbolic link on the way, existing or not
-    if real != base and base not in real.parents:
+    if base not in real.parents:
         raise CryoNBError(
             f"{entry.name}: {entry.path} leads to {real}, outside {base}; manifest paths must stay inside it "
             "(is a folder on the way a symbolic link?)"

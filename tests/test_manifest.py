@@ -18,17 +18,18 @@ def _manifest(tmp_path: Path, body: str) -> Path:
 
 @pytest.fixture
 def dataset(tmp_path: Path) -> tuple[Path, Path]:
-    data = tmp_path / "a.bin"
+    data = tmp_path / "data" / "a.bin"
+    data.parent.mkdir()
     data.write_bytes(b"\x00\x01\x02" * 1000)
     body = f"""version: 1
 datasets:
   - name: a
     kind: bundled
-    path: a.bin
+    path: data/a.bin
     sha256: {sha256_path(data)}
   - name: gen
     kind: generated
-    path: gen
+    path: data/gen
     recipe: {{function: cryonb.simulate.cssl_recipe, params: {{snr: 0.1}}}}
     seed: 0
 """
@@ -72,14 +73,14 @@ def test_folder_checksum_changes_with_content(tmp_path: Path) -> None:
     [
         ("datasets: [", "not valid YAML"),
         ("version: 1\n", "expected a top-level mapping with a 'datasets' list"),
-        ("datasets:\n  - {name: a, kind: weird, path: x, sha256: null}\n", "kind 'weird' is not one of"),
-        ("datasets:\n  - {name: a, kind: bundled, path: x}\n", "a bundled data set needs a sha256"),
-        ("datasets:\n  - {name: a, kind: bundled, path: x, sha256: abc}\n", "sha256 must be 64 lowercase hex"),
-        ("datasets:\n  - {kind: bundled, path: x}\n", "field 'name' is missing"),
-        ("datasets:\n  - {name: g, kind: generated, path: x, seed: 1}\n", "needs recipe.function"),
-        ("datasets:\n  - {name: e, kind: external, path: x, url: 'https://h/x'}\n", "needs a sha256 \\(or the publisher's md5\\)"),
-        (f"datasets:\n  - {{name: b, kind: bundled, path: x, sha256: {'a' * 64}, md5: {'a' * 32}}}\n", "md5 is for external data sets only"),
-        ("datasets:\n  - {name: e, kind: external, path: x, url: 'https://h/x', md5: abc}\n", "32 lowercase hex digits, got 'abc'"),
+        ("datasets:\n  - {name: a, kind: weird, path: data/x, sha256: null}\n", "kind 'weird' is not one of"),
+        ("datasets:\n  - {name: a, kind: bundled, path: data/x}\n", "a bundled data set needs a sha256"),
+        ("datasets:\n  - {name: a, kind: bundled, path: data/x, sha256: abc}\n", "sha256 must be 64 lowercase hex"),
+        ("datasets:\n  - {kind: bundled, path: data/x}\n", "field 'name' is missing"),
+        ("datasets:\n  - {name: g, kind: generated, path: data/x, seed: 1}\n", "needs recipe.function"),
+        ("datasets:\n  - {name: e, kind: external, path: data/x, url: 'https://h/x'}\n", "needs a sha256 \\(or the publisher's md5\\)"),
+        (f"datasets:\n  - {{name: b, kind: bundled, path: data/x, sha256: {'a' * 64}, md5: {'a' * 32}}}\n", "md5 is for external data sets only"),
+        ("datasets:\n  - {name: e, kind: external, path: data/x, url: 'https://h/x', md5: abc}\n", "32 lowercase hex digits, got 'abc'"),
     ],
 )
 def test_malformed_manifest(tmp_path: Path, body: str, message: str) -> None:
@@ -121,9 +122,10 @@ def test_generated_entries_match_their_recipes() -> None:
 def test_external_md5_entry_verifies_by_md5(tmp_path: Path) -> None:
     import hashlib
 
-    data = tmp_path / "t.mrc"
+    data = tmp_path / "data" / "t.mrc"
+    data.parent.mkdir()
     data.write_bytes(b"tomogram bytes")
-    body = f"datasets:\n  - {{name: t, kind: external, path: t.mrc, url: 'https://h/t.mrc', md5: {hashlib.md5(data.read_bytes()).hexdigest()}}}\n"
+    body = f"datasets:\n  - {{name: t, kind: external, path: data/t.mrc, url: 'https://h/t.mrc', md5: {hashlib.md5(data.read_bytes()).hexdigest()}}}\n"
     entries = load_manifest(_manifest(tmp_path, body))
     assert [r.status for r in verify(entries, root=tmp_path)] == ["ok"]
     data.write_bytes(b"tomogram bytez")
@@ -141,10 +143,10 @@ def test_repository_manifest_offers_a_real_tomogram() -> None:
 
 # ---- containment: paths, URLs and special files -------------------------------------------------
 
-@pytest.mark.parametrize("path", ["../x.bin", "/dev/zero", "data/../../x.bin", "C:/x.bin", "..\\\\x.bin", "."])
-def test_path_outside_the_repository_is_refused_at_load(tmp_path: Path, path: str) -> None:
+@pytest.mark.parametrize("path", ["../x.bin", "/dev/zero", "data/../../x.bin", "C:/x.bin", "..\\\\x.bin", ".", "README.md", "data", "cryonb/x.py"])
+def test_path_outside_the_data_folder_is_refused_at_load(tmp_path: Path, path: str) -> None:
     body = f"datasets:\n  - {{name: e, kind: external, path: '{path}', url: 'https://h/x', sha256: {'a' * 64}}}\n"
-    with pytest.raises(CryoNBError, match=r"datasets\[0\] \(e\): path .* must stay inside the repository: expected a relative path"):
+    with pytest.raises(CryoNBError, match=r"datasets\[0\] \(e\): path .* must stay inside the data folder: expected a relative path"):
         load_manifest(_manifest(tmp_path, body))
 
 
@@ -179,9 +181,9 @@ def test_cli_verify_refuses_escapes_and_special_files_and_fails_on_missing_bundl
     manifest = _manifest(tmp_path, body)
     assert cli_main(["data", "verify", "--manifest", str(manifest)]) == 1
     out = capsys.readouterr().out
-    assert f"REFUSED   zero: zero: data/zero leads to /dev/zero, outside {repo}" in out
+    assert f"REFUSED   zero: zero: data/zero leads to /dev/zero, outside {repo / 'data'}" in out
     assert f"REFUSED   pipe: {repo / 'data' / 'pipe'} is not a regular file (a device, pipe or socket)" in out
-    assert f"REFUSED   escape: escape: data/ext/x.bin leads to {outside / 'x.bin'}, outside {repo}" in out
+    assert f"REFUSED   escape: escape: data/ext/x.bin leads to {outside / 'x.bin'}, outside {repo / 'data'}" in out
     # a bundled file that is simply gone fails too (it cannot be regenerated or fetched)
     missing = _manifest(tmp_path, f"datasets:\n  - {{name: s, kind: bundled, path: data/s.pdb.gz, sha256: {sha}}}\n")
     assert cli_main(["data", "verify", "--manifest", str(missing)]) == 1
@@ -190,7 +192,7 @@ def test_cli_verify_refuses_escapes_and_special_files_and_fails_on_missing_bundl
     # an absolute path is refused when the manifest is read: an error, not a hang
     absolute = _manifest(tmp_path, f"datasets:\n  - {{name: z, kind: bundled, path: /dev/zero, sha256: {sha}}}\n")
     assert cli_main(["data", "verify", "--manifest", str(absolute)]) == 2
-    assert "path '/dev/zero' must stay inside the repository" in capsys.readouterr().err
+    assert "path '/dev/zero' must stay inside the data folder" in capsys.readouterr().err
 
 
 def test_fetch_never_writes_through_a_link_outside_or_onto_a_special_file(tmp_path: Path) -> None:
