@@ -35,6 +35,11 @@ def _handler(state: ServerState) -> type[http.server.BaseHTTPRequestHandler]:
             pass
 
         def do_GET(self) -> None:  # noqa: N802
+            if self.path == "/moved":  # a redirect to a scheme urllib would follow by default
+                self.send_response(302)
+                self.send_header("Location", "ftp://127.0.0.1/file.bin")
+                self.end_headers()
+                return
             if self.path != "/file.bin":
                 self.send_error(404)
                 return
@@ -215,3 +220,11 @@ def test_malformed_checksums_are_named(checksum: str, message: str) -> None:
         parse_checksum(checksum, "entry x")
     assert parse_checksum(f"MD5:{'A' * 32}") == ("md5", "a" * 32)
     assert parse_checksum("b" * 64) == ("sha256", "b" * 64)
+
+
+def test_a_redirect_to_another_scheme_is_refused(server: tuple[str, ServerState], tmp_path: Path) -> None:
+    url, _ = server
+    moved = url.rsplit("/", 1)[0] + "/moved"
+    with pytest.raises(CryoNBError, match=r"/moved redirects to: .*ftp://127\.0\.0\.1/file\.bin.*expected an http:// or https:// address"):
+        download_verified(moved, tmp_path / "file.bin", PAYLOAD_SHA, progress=False, timeout_s=5)
+    assert not (tmp_path / "file.bin").exists()

@@ -254,7 +254,12 @@ def test_silent_wrong_predictions_become_errors(tmp_path: Path, capsys: pytest.C
     write_mrc(tmp_path / "flat" / "b.mrc", vols[0], 10.0)
     with pytest.raises(CryoNBError, match=r"a\.mrc: support volume is flat"):
         read_support(tmp_path / "flat", BOX, 10.0)
-    support = read_support(_support(tmp_path / "s", sub, {"a": [0], "b": [3]}), BOX, 10.0)
+    support_dir = _support(tmp_path / "s", sub, {"a": [0], "b": [3]})
+    cosnet = _cosnet_checkpoint(tmp_path / "cos.pt")
+    for size in (-1, 0):
+        assert cli_main(["oneshot", str(sub), "--support", str(support_dir), "--checkpoint", str(cosnet), "--batch-size", str(size)]) == 2
+        assert f"batch size {size}: expected an integer ≥ 1" in capsys.readouterr().err
+    support = read_support(support_dir, BOX, 10.0)
     at_13 = _cosnet_checkpoint(tmp_path / "cos13.pt", voxel_size_a=13.6)
     with pytest.raises(CryoNBError, match=r"cos13\.pt: model trained at 13\.6 Å voxels, the subtomograms are 10 Å; re-extract with --voxel-size-a 13\.6"):
         oneshot_predict(at_13, subtomos, support)
