@@ -327,14 +327,26 @@ def _decoder_helps(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
                    f"power for the paper's +{DECODER_GAIN:.3f} at the observed between-seed SD {sd:.3f}", power)
 
 
-def _query_grid(t: dict[str, pd.DataFrame], method: str, snr: str, n_way: int) -> tuple[np.ndarray, np.ndarray]:
-    """(seeds, query volumes) mean correctness and each volume's class, for one model group and test n-way, 1-shot."""
+def _query_frame(t: dict[str, pd.DataFrame], method: str, snr: str, n_way: int) -> tuple[pd.DataFrame, pd.Series]:
+    """(seeds × query volumes) mean correctness and each volume's class, for one model group and test n-way, 1-shot."""
     q = t["07_query_scores"].copy()
     q["snr"] = q.snr.map(_snr_key)
     sub = q[(q.method == method) & (q.snr == snr) & (q.n_way == n_way) & (q.k_shot == 1)]
-    grid = sub.pivot_table(index="seed", columns="row", values="correct")
-    classes = sub.drop_duplicates("row").set_index("row").loc[grid.columns, "class"].to_numpy()
-    return grid.to_numpy(float), classes
+    return sub.pivot_table(index="seed", columns="row", values="correct"), sub.drop_duplicates("row").set_index("row")["class"]
+
+
+def _query_grid(t: dict[str, pd.DataFrame], method: str, snr: str, n_way: int) -> tuple[np.ndarray, np.ndarray]:
+    grid, classes = _query_frame(t, method, snr, n_way)
+    return grid.to_numpy(float), classes.loc[grid.columns].to_numpy()
+
+
+def _paired_query_grids(t: dict[str, pd.DataFrame], method: str, snr: str, n_ways: tuple[int, int]
+                        ) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """The grids of two test n-ways on the seeds and query volumes they share (random episodes need not draw every
+    volume as a query at every n-way), and those volumes' classes."""
+    (a, classes), (b, _) = (_query_frame(t, method, snr, n) for n in n_ways)
+    seeds, rows = a.index.intersection(b.index), a.columns.intersection(b.columns)
+    return a.loc[seeds, rows].to_numpy(float), b.loc[seeds, rows].to_numpy(float), classes.loc[rows].to_numpy()
 
 
 MAIN = "DuSE-SCNN+decoder"
@@ -357,9 +369,8 @@ def _falls_with_n_way(t: dict[str, pd.DataFrame], profile: str) -> Verdict:
     parts, verdicts = [], []
     for snr in sorted(set(q.snr.map(_snr_key)), key=float, reverse=True):
         for small, large in zip(ways, ways[1:]):
-            a, classes = _query_grid(t, MAIN, snr, small)
-            b, _ = _query_grid(t, MAIN, snr, large)
-            if a.size == 0 or b.shape != a.shape:
+            a, b, classes = _paired_query_grids(t, MAIN, snr, (small, large))
+            if a.size == 0:
                 continue
             mean, low, high = rules.crossed_bootstrap(a - b, classes)
             verdicts.append(rules.interval_verdict(low, high, 0.0))

@@ -90,6 +90,16 @@ def test_cosnet_intervals_decide_or_say_they_cannot(tmp_path: Path) -> None:
     assert claims_of().loc[low_snr, "verdict"] == "not testable in this profile (interval contains 0.8)"
 
 
+def test_n_way_claim_pairs_the_query_volumes_both_n_ways_drew(tmp_path: Path) -> None:
+    """Random episodes need not query every volume at every n-way: the claim compares the volumes both drew."""
+    falls = "accuracy falls as n-way grows"
+    scores = _query_scores({("DuSE-SCNN+decoder", "0.5", 2): 0.9, ("DuSE-SCNN+decoder", "0.5", 4): 0.7})
+    drawn = scores[(scores.n_way == 2) | (scores.row % 5 != 4)]  # the 4-way episodes never drew one volume per class
+    _write(tmp_path, "07_query_scores", drawn)
+    got = evaluate_claims(tmp_path, "quick").set_index("claim").loc[falls]
+    assert got.verdict == "holds" and got.ours.startswith("SNR 0.5 2→4: +0.2")
+
+
 def test_decoder_claim_uses_seeds_as_units(tmp_path: Path) -> None:
     claim = "the volume decoder raises one-shot accuracy (2-way, DuSE, SNR 1000)"
     rows = [{"method": m, "snr": 1000, "n_way": 2, "k_shot": 1, "seed": s, "accuracy": a + 0.001 * s}
