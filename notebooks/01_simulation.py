@@ -110,7 +110,7 @@ classes_df
 
 # %% [markdown]
 # The mask threshold is the level whose super-level set has the protein's volume (1.21 Å³ per Da):
-# the COS-Net segmentation target. Small molecules (4d4r, 27 kDa) cover only ~30 voxels at 10 Å.
+# the COS-Net segmentation target. The smallest molecules (masses in the panel titles) cover only a few dozen voxels at 10 Å.
 
 # %% [markdown]
 # ## 2 · A crowded scene
