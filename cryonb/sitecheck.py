@@ -284,5 +284,4 @@ def check_book(site: Path, pages: list[Path], results_dir: Path, screenshots_dir
     expected = {p: output_figures(results_dir / f"{p.stem}.ipynb") for p in pages if p.parent.name == "notebooks"}
     shots = {site / "index.html": screenshots_dir / "landing.png",
              site / "notebooks" / "01_simulation.html": screenshots_dir / "notebook-01_simulation.png"}
-    screenshots_dir.mkdir(parents=True, exist_ok=True)
     return check_site(site, pages, expected, {page: png for page, png in shots.items() if page in pages})
