@@ -132,6 +132,7 @@ def run_notebook(source: Path, parameters: dict[str, Any], results_dir: Path) ->
     root = repo_root()
     target = results_dir / f"{source.stem}.ipynb"
     _prefer_this_python_kernel()
+    earlier_outputs = _own_outputs(results_dir, source.stem)
     start = time.perf_counter()
     with atomic_path(target) as executed, _static_viewer():
         staged = executed.with_name(f".tmp-in-{source.stem}.ipynb")
@@ -158,7 +159,29 @@ def run_notebook(source: Path, parameters: dict[str, Any], results_dir: Path) ->
             staged.unlink(missing_ok=True)
     for leftover in ("failed", "partial"):
         (results_dir / f"{source.stem}.{leftover}.ipynb").unlink(missing_ok=True)
+    _drop_stale_outputs(earlier_outputs, _own_outputs(results_dir, source.stem))
     return NotebookResult(source.stem, time.perf_counter() - start, target)
+
+
+def _own_outputs(results_dir: Path, stem: str) -> dict[Path, tuple[int, int, int]]:
+    """The tables and figures of notebook ``stem`` (named ``NN_…`` after its number) with (inode, mtime, size)."""
+    prefix = stem.split("_", 1)[0] + "_"
+    found = {}
+    for folder in (results_dir / "tables", results_dir / "figures"):
+        for path in sorted(folder.glob(f"{prefix}*")) if folder.is_dir() else []:
+            if path.is_file() and not path.is_symlink():
+                st = path.stat()
+                found[path] = (st.st_ino, st.st_mtime_ns, st.st_size)
+    return found
+
+
+def _drop_stale_outputs(before: dict[Path, tuple[int, int, int]], after: dict[Path, tuple[int, int, int]]) -> None:
+    # a table the notebook no longer writes (an earlier spec's, a renamed one) would otherwise sit beside the new
+    # results and be read as one of them; every save is an atomic replace, so an untouched signature means unwritten
+    for path, signature in before.items():
+        if after.get(path) == signature:
+            path.unlink()
+            print(f"  removed {path.parent.name}/{path.name}: an earlier run's output that this run did not write", flush=True)
 
 
 @contextlib.contextmanager
