@@ -200,8 +200,10 @@ run.save_figure(fig, "training_loss")
 # final scores never see. `cosnet.selection` lists the candidates; each trains the main variant at one SNR and is
 # scored on episodes drawn from the *validation* pool only: the seen classes' held-out volumes (and validation-only
 # classes where the data set has them). `cryonb.experiments.cosnet.selection_rows` refuses any row of a test
-# class, so this choice cannot look at the unseen classes (`tests/test_selection.py` proves it). The spec's own
-# settings should be the winner; the cell says whether they are.
+# class, so this choice cannot look at the unseen classes (`tests/test_selection.py` proves it). The rule, fixed
+# before the run (`cosnet_experiment.selection_score`), adds validation accuracy and validation Dice: COS-Net does
+# both jobs, and a mask-loss weight moves Dice far more than accuracy. The spec's own settings should be the winner;
+# the cell says whether they are.
 
 # %%
 if cos.selection is not None:
@@ -210,10 +212,10 @@ if cos.selection is not None:
     timings["selection"] = time.perf_counter() - t0
     run.save_table(selection, "07_selection", formats=("csv", "md"))
     winner, own = selection[selection.chosen].iloc[0], selection[selection.spec]
-    print(f"validation winner: {winner.drop(['val_accuracy', 'ci_low', 'ci_high', 'spec', 'chosen', 'checkpoint']).to_dict()} "
-          f"({winner.val_accuracy:.3f} [{winner.ci_low:.3f}, {winner.ci_high:.3f}]); "
+    print(f"validation winner: {winner.drop(['val_accuracy', 'ci_low', 'ci_high', 'val_dice', 'score', 'spec', 'chosen', 'checkpoint']).to_dict()} "
+          f"(accuracy {winner.val_accuracy:.3f} [{winner.ci_low:.3f}, {winner.ci_high:.3f}], Dice {winner.val_dice:.3f}, score {winner.score:.3f}); "
           + ("the spec's settings are the winner" if bool(winner.spec) else
-             f"NOTE: the spec's settings score {own.val_accuracy.iloc[0]:.3f} and are not the winner: update params/{profile}.yaml"
+             f"NOTE: the spec's settings score {own.score.iloc[0]:.3f} and are not the winner: update params/{profile}.yaml"
              if len(own) else "NOTE: the spec's settings are not among the candidates"))
     display_selection = selection.drop(columns=["checkpoint"]).round(3)
 else:

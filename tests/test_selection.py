@@ -44,8 +44,18 @@ def test_selection_and_crf_choice_never_read_a_test_volume(tmp_path: Path, monke
     monkeypatch.setattr(cosnet_experiment, "ensure_dataset", lambda recipe, progress=True: ds)
     table = cosnet_experiment.select_training(spec, tmp_path, progress=False)  # trains both candidates, then scores them
     assert len(table) == 2 and table.spec.sum() == 1 and table.chosen.sum() >= 1 and table.val_accuracy.between(0, 1).all()
+    assert table.val_dice.between(0, 1).all(), "the main variant has a decoder: its validation Dice is scored"
+    assert table.chosen.tolist() == (table.score == table.score.max()).tolist()
+    assert np.allclose(table.score, table.val_accuracy + table.val_dice)
     assert read and not set(read) & unseen, "the training-settings selection read a test-class volume"
     models = {job: cosnet_experiment.ensure_model(spec, *job, tmp_path, progress=False) for job in spec.cosnet.evaluation.jobs()}
     read.clear()
     cosnet_experiment.choose_crf(spec, models, {1000.0: ds})
     assert read and not set(read) & unseen, "the CRF choice read a test-class volume"
+
+
+def test_the_selection_rule_does_not_trade_the_masks_for_noise_in_accuracy() -> None:
+    collapsed = cosnet_experiment.selection_score(0.791, 0.07)  # w_mask_bce 0 in one quick run: masks collapse
+    kept = cosnet_experiment.selection_score(0.780, 0.30)
+    assert kept > collapsed
+    assert cosnet_experiment.selection_score(0.7, float("nan")) == 0.7, "no decoder: accuracy alone"

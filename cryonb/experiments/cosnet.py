@@ -13,6 +13,7 @@ rows and every choice made here (the CRF weights) the seen classes' validation r
 
 from __future__ import annotations
 
+import math
 import shutil
 from dataclasses import dataclass
 from pathlib import Path
@@ -49,6 +50,7 @@ __all__ = [
     "ensure_models",
     "class_pools",
     "selection_rows",
+    "selection_score",
     "evaluate",
     "segmentation_rows",
     "mask_probabilities",
@@ -260,8 +262,9 @@ def select_training(spec: Spec, work_dir: str | Path, device: torch.device | str
 
     Each candidate trains the main variant (first training n-way, first seed) at the selection SNR; the spec's own
     training is among the candidates when the spec is consistent with this choice, and is then reused by the
-    evaluation grid. Returns one row per candidate: its values, validation accuracy with the crossed interval, the
-    winner (highest accuracy) and whether it is the spec's own setting.
+    evaluation grid. Returns one row per candidate: its values, validation accuracy with the crossed interval,
+    validation Dice, the rule's score (:func:`selection_score`), the winner (highest score) and whether it is the
+    spec's own setting.
     """
     sel = spec.cosnet.selection
     if sel is None:
@@ -277,16 +280,26 @@ def select_training(spec: Spec, work_dir: str | Path, device: torch.device | str
     for values, training in candidates:
         path = model_path(spec, ev.main_variant, sel.snr, ev.train_n_ways[0], 0, work_dir, training)
         net, _ = oneshot.load_cosnet(path, device)
-        emb = embed(net, ds.volumes, pool, device=device)[0]
+        emb, masks = embed(net, ds.volumes, pool, device=device)
         _, eps, pred = oneshot.evaluate_episodes(oneshot.cosnet_scorer(net, emb, pool), pools.labels, pool, sel.n_way, 1, sel.n_episodes,
                                                  spec.seed + 77, what="validation")
         scores = _query_rows({}, eps, pred, names, pools.labels)
         mean, low, high = crossed_bootstrap(scores["correct"].to_numpy(float)[None, :], scores["class"].to_numpy())
-        rows.append({**{k: str(v) for k, v in values.items()}, "val_accuracy": mean, "ci_low": low, "ci_high": high,
-                     "spec": training == spec.cosnet.training, "checkpoint": path.name})
+        val_dice = float("nan") if masks is None else float(dice((masks > 0.5).float(), _volumes(ds.masks, pool)).mean())
+        rows.append({**{k: str(v) for k, v in values.items()}, "val_accuracy": mean, "ci_low": low, "ci_high": high, "val_dice": val_dice,
+                     "score": selection_score(mean, val_dice), "spec": training == spec.cosnet.training, "checkpoint": path.name})
     table = pd.DataFrame(rows)
-    table["chosen"] = table.val_accuracy == table.val_accuracy.max()
+    table["chosen"] = table.score == table.score.max()
     return table
+
+
+def selection_score(val_accuracy: float, val_dice: float) -> float:
+    """The selection rule, fixed before the run: validation accuracy + validation Dice (decoder mask > 0.5).
+
+    COS-Net is judged on both jobs, and a setting such as ``w_mask_bce`` moves Dice far more than accuracy (at 0
+    the masks collapse while accuracy barely changes), so accuracy alone would choose it by noise. Both lie in
+    [0, 1] and count equally; a variant without a decoder is scored by accuracy alone."""
+    return val_accuracy if math.isnan(val_dice) else val_accuracy + val_dice
 
 
 def segmentation_rows(spec: Spec, ds: SubtomoDataset) -> tuple[np.ndarray, np.ndarray]:
